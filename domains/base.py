@@ -42,6 +42,7 @@ __all__ = [
     "Sample",
     "DomainPlugin",
     "TrainingView",
+    "Transform",
     "to_item",
     "max_pixels",
     "check_pixel_limit",
@@ -119,12 +120,25 @@ def to_item(sample: Sample) -> dict[str, torch.Tensor]:
     return item
 
 
-class TrainingView(Dataset):
-    """Wrap a dataset of :class:`Sample` with a transform and return collatable dicts."""
+Transform = Callable[[Sample, int], Sample]
+"""An augmentation: ``transform(sample, seed) -> sample``. All randomness comes from ``seed``."""
 
-    def __init__(self, samples: Dataset, transform: Callable[[Sample], Sample] | None = None) -> None:
+
+class TrainingView(Dataset):
+    """Wrap a dataset of :class:`Sample` with a seeded transform and return collatable dicts.
+
+    The transform's seed is derived from ``(seed, epoch, index)``, so augmentation is identical across
+    resumes, DataLoader workers and DDP ranks, and differs between epochs (call :meth:`set_epoch`).
+    """
+
+    def __init__(self, samples: Dataset, transform: Transform | None = None, seed: int = 0) -> None:
         self.samples = samples
         self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.samples)  # type: ignore[arg-type]
@@ -132,7 +146,8 @@ class TrainingView(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.samples[index]
         if self.transform is not None:
-            sample = self.transform(sample)
+            seed = (self.seed * 1_000_003 + self.epoch * 7_919 + int(index)) % (2**31 - 1)
+            sample = self.transform(sample, seed)
         return to_item(sample)
 
 
@@ -175,12 +190,31 @@ class DomainPlugin(ABC):
         """Normalise into model space (channels, intensity, orientation, spacing); keep and update ``meta``."""
 
     @abstractmethod
-    def augment(self, *, train: bool, input_size: int | Sequence[int], **kwargs: Any) -> Callable[[Sample], Sample]:
-        """A transform producing fixed ``input_size`` crops (random when ``train``, centred otherwise)."""
+    def augment(self, *, train: bool, input_size: int | Sequence[int], **kwargs: Any) -> Transform:
+        """A seeded transform ``(sample, seed) -> sample`` producing fixed ``input_size`` crops.
+
+        Random crops/flips when ``train``; a deterministic centre crop or pad otherwise. ``valid`` and
+        ``mask`` move with the image; padding is marked invalid.
+        """
 
     @abstractmethod
-    def synthetic(self, n: int, *, seed: int = 0, size: int | Sequence[int] | None = None, **kwargs: Any) -> Dataset:
-        """A deterministic dataset of ``n`` preprocessed synthetic :class:`Sample` with labels and masks."""
+    def synthetic(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        size: int | Sequence[int] | None = None,
+        task: str = "segment",
+        lesion_prob: float | None = None,
+    ) -> Dataset:
+        """A deterministic dataset of ``n`` synthetic :class:`Sample` already in model space.
+
+        Sample ``i`` depends only on ``(seed, i)``. ``task`` picks the targets: ``"classify"`` sets
+        ``label`` (index into ``class_names``, or multi-hot for multi-label domains); ``"segment"`` sets
+        ``mask`` (indices into ``seg_class_names``); ``"anomaly"`` sets ``mask`` to the lesion/anomaly
+        mask and ``label`` to 0/1. ``lesion_prob`` is the chance that a sample has lesions/anomalies
+        (``0.0`` gives normal-only data for anomaly training); ``None`` uses the domain default.
+        """
 
     @abstractmethod
     def write(self, array: Any, meta: dict[str, Any], path: str | Path, **kwargs: Any) -> Path:
@@ -219,7 +253,7 @@ class DomainPlugin(ABC):
             from unimae.domains.datasets import local_dataset
 
             samples = local_dataset(self, source, split=split, **kwargs)
-        return TrainingView(samples, transform)
+        return TrainingView(samples, transform, seed=seed)
 
 
 def _kw_for(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
