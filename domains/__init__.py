@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unimae.core.errors import InputError, look_up
+from unimae.core.errors import look_up
 from unimae.domains.base import DomainPlugin, Sample
 
 __all__ = ["DomainPlugin", "Sample", "register", "get_domain", "domain_names", "guess_domain"]
@@ -27,11 +27,13 @@ def register(plugin_cls: type[DomainPlugin]) -> type[DomainPlugin]:
 
 
 def domain_names() -> list[str]:
+    _ensure_builtins()
     return list(_REGISTRY)
 
 
 def get_domain(name: str) -> DomainPlugin:
     """The plugin instance registered as ``name``; an unknown name lists the known ones."""
+    _ensure_builtins()
     look_up(str(name), _REGISTRY, what="domain")
     if name not in _INSTANCES:
         _INSTANCES[name] = _REGISTRY[name]()
@@ -45,7 +47,14 @@ def guess_domain(path: str | Path) -> DomainPlugin:
     return get_domain(guess_domain_name(path))
 
 
-def _register_builtins() -> None:
+_BUILTINS_DONE = False
+
+
+def _ensure_builtins() -> None:
+    """Register the four built-in domains on first use (keeps ``import unimae.domains.base`` light)."""
+    global _BUILTINS_DONE
+    if _BUILTINS_DONE:
+        return
     from unimae.domains.ct import CTPlugin
     from unimae.domains.fundus import FundusPlugin
     from unimae.domains.multispectral import MultispectralPlugin
@@ -53,8 +62,4 @@ def _register_builtins() -> None:
 
     for cls in (CTPlugin, FundusPlugin, XRayPlugin, MultispectralPlugin):
         register(cls)
-
-
-_register_builtins()
-
-del InputError
+    _BUILTINS_DONE = True

@@ -164,6 +164,7 @@ class DomainPlugin(ABC):
     presets:         named preprocessing presets (e.g. CT windows), each a dict of ``preprocess`` kwargs
     class_names:     class names of the synthetic classification labels
     seg_class_names: class names of the synthetic segmentation labels (index 0 = background)
+    multi_label:     True if classification labels are multi-hot (X-ray findings)
     """
 
     name: ClassVar[str]
@@ -174,6 +175,7 @@ class DomainPlugin(ABC):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     class_names: ClassVar[tuple[str, ...]] = ()
     seg_class_names: ClassVar[tuple[str, ...]] = ()
+    multi_label: ClassVar[bool] = False
 
     # -- files -----------------------------------------------------------------------------------
     def accepts(self, path: str | Path) -> bool:
@@ -184,6 +186,13 @@ class DomainPlugin(ABC):
     @abstractmethod
     def read(self, path: str | Path, **kwargs: Any) -> Sample:
         """Read a file into a :class:`Sample` in source geometry. Raise :class:`InputError` on bad input."""
+
+    @abstractmethod
+    def read_mask(self, path: str | Path, *, like: Sample | None = None) -> torch.Tensor:
+        """Read a label/mask file (PNG/GIF 0/255, NIfTI labels, GeoTIFF class map) as int64 indices.
+
+        ``like`` is the image sample the mask belongs to; its spatial shape must match (else InputError).
+        """
 
     @abstractmethod
     def preprocess(self, sample: Sample, **kwargs: Any) -> Sample:
