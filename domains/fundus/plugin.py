@@ -1,0 +1,245 @@
+"""The fundus domain plugin: colour fundus photographs (JPEG, PNG, TIFF, BMP).
+
+``read`` gives RGB in [0, 1] with the field of view in ``meta["valid"]`` (from a mask file, or found
+from intensity); ``preprocess`` applies optional CLAHE / green emphasis and ImageNet mean/std
+(RETFound-compatible); ``write`` puts label and heat maps back on the source pixel grid as PNG.
+
+Channel metadata: ``R, G, B`` with nominal wavelengths 0.61 / 0.55 / 0.465 µm (see
+:data:`~unimae.domains.fundus.preprocess.NOMINAL_WAVELENGTHS`). Spacing is ``(1.0, 1.0)`` *pixels*
+(``meta["spacing_unit"] = "pixel"``): image files carry no retinal scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from unimae.core.errors import InputError, look_up
+from unimae.domains.base import DomainPlugin, Sample, Transform, channel_list
+from unimae.domains.fundus.augment import FundusTransform
+from unimae.domains.fundus.fov import detect_fov
+from unimae.domains.fundus.preprocess import CHANNEL_NAMES, NOMINAL_WAVELENGTHS, preprocess_fundus
+from unimae.domains.fundus.reader import decode_mask, decode_rgb
+from unimae.domains.fundus.synthetic import SyntheticFundus
+from unimae.domains.fundus.writer import write_prediction
+
+__all__ = ["FundusPlugin"]
+
+MaskLike = str | Path | np.ndarray | torch.Tensor
+
+
+class FundusPlugin(DomainPlugin):
+    """Colour fundus photographs: vessel segmentation, DR-like grading and lesion anomaly maps."""
+
+    name: ClassVar[str] = "fundus"
+    spatial_dims: ClassVar[int] = 2
+    modality: ClassVar[str] = "fundus"
+    extensions: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+    mask_extensions: ClassVar[tuple[str, ...]] = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+    tasks: ClassVar[tuple[str, ...]] = ("classify", "segment", "anomaly")
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {"clahe": False, "green": False, "normalize": "imagenet"},
+        "clahe": {"clahe": True, "green": False, "normalize": "imagenet"},
+        "green": {"clahe": False, "green": True, "normalize": "imagenet"},
+        "clahe_green": {"clahe": True, "green": True, "normalize": "imagenet"},
+    }
+    recipe: ClassVar[dict[str, Any]] = {
+        "input_size": 224,
+        "patch_size": 16,
+        "mask_ratio": 0.75,
+        "crop_scale": (0.6, 1.0),
+        "layer_decay": 0.65,
+        "preset": "default",
+    }
+    """Training defaults (RETFound recipe: 224 px, 16 px patches, 75 % masking, layer decay 0.65)."""
+    class_names: ClassVar[tuple[str, ...]] = SyntheticFundus.class_names
+    seg_class_names: ClassVar[tuple[str, ...]] = SyntheticFundus.seg_class_names
+    multi_label: ClassVar[bool] = False
+    all_band_names: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
+    rgb_bands: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
+
+    # -- files -----------------------------------------------------------------------------------
+    def read(self, path: str | Path, *, fov_mask: MaskLike | None = None, auto_fov: bool = True) -> Sample:
+        """Read a fundus photograph as RGB ``(3, H, W)`` float32 in [0, 1].
+
+        Args:
+            path: JPEG, PNG (8/16-bit, grey, RGB, RGBA, palette), TIFF or BMP file.
+            fov_mask: field-of-view mask: a file (e.g. DRIVE's ``*_mask.gif``; non-zero = inside) or an
+                ``(H, W)`` array. Its shape must match the image.
+            auto_fov: without ``fov_mask``, find the field of view from intensity
+                (:func:`~unimae.domains.fundus.fov.detect_fov`); False marks the whole image valid.
+
+        Returns:
+            A :class:`Sample` whose ``meta`` follows the data contract, plus ``fov_source``
+            (``"file"``, ``"array"``, ``"auto"`` or ``"none"``), ``source_dtype``, ``source_format``
+            and ``spacing_unit``.
+        """
+        rgb, info = decode_rgb(path)
+        h, w = rgb.shape[:2]
+        if fov_mask is not None:
+            valid = self._fov_from(fov_mask, (h, w), path)
+            fov_source = "file" if isinstance(fov_mask, (str, Path)) else "array"
+        elif auto_fov:
+            valid = detect_fov(rgb)
+            fov_source = "auto"
+        else:
+            valid = np.ones((h, w), dtype=bool)
+            fov_source = "none"
+        meta = {
+            "spatial_dims": 2,
+            "channels": channel_list(CHANNEL_NAMES, NOMINAL_WAVELENGTHS),
+            "spacing": (1.0, 1.0),
+            "spacing_unit": "pixel",
+            "affine": None,
+            "crs": None,
+            "transform": None,
+            "nodata": None,
+            "valid": torch.from_numpy(valid),
+            "modality": self.modality,
+            "path": str(path),
+            "source_shape": (h, w),
+            "normalization": {"kind": "scale", "divisor": info["source_max"], "input_range": [0.0, 1.0]},
+            "fov_source": fov_source,
+            **{k: info[k] for k in ("source_format", "source_mode", "source_dtype", "grey", "alpha_dropped")},
+        }
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        return Sample(image=image, meta=meta)
+
+    def _fov_from(self, fov_mask: MaskLike, shape: tuple[int, int], path: str | Path) -> np.ndarray:
+        if isinstance(fov_mask, (str, Path)):
+            arr = decode_mask(fov_mask) > 0
+            where = fov_mask
+        else:
+            arr = (fov_mask.detach().cpu().numpy() if isinstance(fov_mask, torch.Tensor) else np.asarray(fov_mask)) > 0
+            where = path
+        if arr.shape != tuple(shape):
+            raise InputError(
+                f"FOV mask is {arr.shape[-1]}x{arr.shape[0]} (WxH) "
+                f"but the image {Path(path).name} is {shape[1]}x{shape[0]}",
+                where,
+            )
+        if not arr.any():
+            raise InputError("FOV mask is empty (no pixel inside the field of view)", where)
+        return arr
+
+    def read_mask(self, path: str | Path, *, like: Sample | None = None) -> torch.Tensor:
+        """Read a vessel/lesion mask (PNG/GIF/TIFF/BMP; 0/255, 0/1 or small class indices).
+
+        Returns:
+            ``(H, W)`` int64 tensor (0/1 for binary masks). ``like``'s spatial shape must match.
+        """
+        arr = decode_mask(path)
+        if like is not None:
+            expect = tuple(like.meta.get("source_shape") or like.spatial_shape)  # masks are stored at source size
+            if arr.shape != expect:
+                raise InputError(
+                    f"mask is {arr.shape[1]}x{arr.shape[0]} (WxH) but its image is {expect[1]}x{expect[0]}", path
+                )
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def preprocess(
+        self,
+        sample: Sample,
+        *,
+        clahe: bool | None = None,
+        green: float | bool | None = None,
+        normalize: str | Mapping[str, Any] = "imagenet",
+        preset: str | None = None,
+    ) -> Sample:
+        """Into model space: optional CLAHE and green emphasis, then mean/std; 0 outside the FOV.
+
+        ``preset`` names an entry of :attr:`presets`; explicit ``clahe``/``green`` override it. See
+        :func:`~unimae.domains.fundus.preprocess.preprocess_fundus`.
+        """
+        if preset is not None:
+            chosen = dict(self.presets[look_up(preset, self.presets, what="fundus preset")])
+            clahe = chosen["clahe"] if clahe is None else clahe
+            green = chosen["green"] if green is None else green
+            if normalize == "imagenet":
+                normalize = chosen["normalize"]
+        return preprocess_fundus(sample, clahe=clahe, green=green, normalize=normalize)
+
+    def augment(
+        self,
+        *,
+        train: bool,
+        input_size: int | Sequence[int] = 224,
+        crop_scale: Sequence[float] = (0.6, 1.0),
+        flip: bool = True,
+        rotate: float = 15.0,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+        crop_to_fov: bool = True,
+    ) -> Transform:
+        """A seeded :class:`~unimae.domains.fundus.augment.FundusTransform` (train: random; eval: letterbox)."""
+        return FundusTransform(
+            train=train,
+            input_size=input_size,
+            scale=crop_scale,
+            flip=flip,
+            rotate=rotate,
+            brightness=brightness,
+            contrast=contrast,
+            crop_to_fov=crop_to_fov,
+        )
+
+    def synthetic(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        size: int | Sequence[int] | None = None,
+        task: str = "segment",
+        lesion_prob: float | None = None,
+        clahe: bool = False,
+        green: float | bool = False,
+    ) -> SyntheticFundus:
+        """:class:`~unimae.domains.fundus.synthetic.SyntheticFundus`: ``n`` seeded samples in model space."""
+        return SyntheticFundus(
+            n,
+            seed=seed,
+            size=224 if size is None else size,
+            task=task,
+            lesion_prob=lesion_prob,
+            clahe=clahe,
+            green=green,
+        )
+
+    def write(
+        self,
+        array: Any,
+        meta: dict[str, Any],
+        path: str | Path,
+        *,
+        kind: str = "auto",
+        bits: int = 8,
+        mask_outside_fov: bool = True,
+    ) -> Path:
+        """Write a label map (0/255 or class indices) or heat map PNG at the source resolution, atomically.
+
+        See :func:`~unimae.domains.fundus.writer.write_prediction`.
+        """
+        return write_prediction(array, meta, path, kind=kind, bits=bits, mask_outside_fov=mask_outside_fov)
+
+    def plot(
+        self,
+        sample: Sample,
+        prediction: torch.Tensor | None = None,
+        *,
+        mask_names: Sequence[str] | None = None,
+        alpha: float = 0.5,
+        title: str | None = None,
+    ):
+        """A matplotlib Figure: de-normalised image, FOV outline, mask and/or prediction, legend."""
+        from unimae.domains.fundus.plot import plot_fundus
+
+        if mask_names is None:
+            task = sample.meta.get("task")
+            mask_names = SyntheticFundus.anomaly_class_names if task == "anomaly" else self.seg_class_names
+        return plot_fundus(
+            sample, prediction, mask_names=mask_names, class_names=self.class_names, alpha=alpha, title=title
+        )
