@@ -1,0 +1,254 @@
+"""The chest X-ray domain plugin: DICOM / PNG / JPEG radiographs in, PNG label and heat maps out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from unimae.core.errors import InputError, look_up
+from unimae.domains.base import DomainPlugin, Sample, channel_list
+from unimae.domains.xray.augment import XRayAugment
+from unimae.domains.xray.dicom_io import read_dicom
+from unimae.domains.xray.image_io import read_image, read_label_image
+from unimae.domains.xray.intensity import apply_clahe, normalization_spec, to_unit
+from unimae.domains.xray.intensity import normalize as normalize_unit
+from unimae.domains.xray.output import write_png
+from unimae.domains.xray.plotting import plot_sample
+from unimae.domains.xray.sniff import check_file, sniff_format
+from unimae.domains.xray.synthetic import FINDINGS, SEG_CLASSES, SyntheticChestXRay
+
+__all__ = ["XRayPlugin"]
+
+_DICOM_EXT = (".dcm", ".dicom")
+_IMAGE_EXT = (".png", ".jpg", ".jpeg")
+
+
+class XRayPlugin(DomainPlugin):
+    """Chest radiographs (CR / DX): frontal views, one grey channel.
+
+    - :meth:`read`: DICOM (pydicom: MONOCHROME1 inverted, rescale, VOI LUT / window, pixel padding,
+      PixelSpacing / ImagerPixelSpacing) and PNG / JPEG (8 and 16 bit; grey, RGB, RGBA, palette -> one
+      luminance channel). Image ``(1, H, W)`` float32 in ``[0, 1]``, 1 = white (dense).
+    - :meth:`preprocess`: ``[0, 1]`` -> model space (``normalize``: ``"default"`` = ``(x - 0.5) / 0.25``,
+      ``"imagenet"``, ``"none"`` or ``(mean, std)``), optional CLAHE; recorded in ``meta["normalization"]``.
+    - :meth:`augment`: medical_mae crops for training, letterbox for evaluation; no flips by default.
+    - :meth:`synthetic`: a thorax phantom with lung masks and nodule / consolidation / cardiomegaly findings.
+    - :meth:`write`: PNG label / heat maps on the source pixel grid.
+
+    ``presets`` are :meth:`preprocess` keyword sets; ``recipes`` hold the matching training settings
+    (patch size, input size, crop scale, mask ratio, layer decay) from the medical_mae recipe.
+    """
+
+    name: ClassVar[str] = "xray"
+    spatial_dims: ClassVar[int] = 2
+    modality: ClassVar[str] = "CR"
+    extensions: ClassVar[tuple[str, ...]] = _DICOM_EXT + _IMAGE_EXT
+    tasks: ClassVar[tuple[str, ...]] = ("classify", "segment", "anomaly")
+    class_names: ClassVar[tuple[str, ...]] = FINDINGS
+    seg_class_names: ClassVar[tuple[str, ...]] = SEG_CLASSES
+    multi_label: ClassVar[bool] = True
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {"normalize": "default"},
+        "imagenet": {"normalize": "imagenet"},
+        "clahe": {"normalize": "default", "clahe": 2.0},
+    }
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {
+        # Xiao et al. 2022 (medical_mae): 90 % masking, crop scale 0.5-1.0, layer-wise lr decay 0.55
+        "pretrain": {"patch_size": 16, "input_size": 224, "mask_ratio": 0.9, "crop_scale": (0.5, 1.0),
+                     "normalize": "default"},
+        "finetune": {"patch_size": 16, "input_size": 224, "crop_scale": (0.5, 1.0), "layer_decay": 0.55,
+                     "normalize": "default"},
+    }
+    default_lesion_prob: ClassVar[float] = 0.5
+
+    # -- files -----------------------------------------------------------------------------------
+    def read(self, path: str | Path, *, window: bool = True, bits: int | None = None) -> Sample:
+        """Read a radiograph into a :class:`Sample` (image ``(1, H, W)`` float32 in ``[0, 1]``).
+
+        Args:
+            path: ``.dcm`` / ``.dicom`` / ``.png`` / ``.jpg`` / ``.jpeg`` (other names are recognised by content).
+            window: DICOM only: apply the VOI LUT / window when present (else stretch min..max).
+            bits: 16-bit PNG only: significant bits (None: the ``sBIT`` chunk, else min..max).
+        """
+        p = check_file(path)
+        lower = p.name.lower()
+        if lower.endswith(_DICOM_EXT):
+            kind = "dicom"
+        elif lower.endswith(_IMAGE_EXT):
+            kind = "image"
+        else:
+            fmt = sniff_format(p)
+            if fmt == "dicom":
+                kind = "dicom"
+            elif fmt in ("png", "jpeg"):
+                kind = "image"
+            else:
+                raise InputError(f"not an x-ray file; accepted: {', '.join(self.extensions)}", path)
+        if kind == "dicom":
+            image, valid, info = read_dicom(p, window=window)
+            modality = info.pop("modality")
+            spacing = info.pop("spacing")
+        else:
+            image, info = read_image(p, bits=bits)
+            valid = np.ones(image.shape, dtype=bool)
+            modality, spacing = self.modality, (1.0, 1.0)
+            info["spacing_source"], info["spacing_unit"] = "none", "pixel"
+            info["photometric"] = "MONOCHROME2"
+        meta: dict[str, Any] = {
+            "spatial_dims": 2,
+            "channels": channel_list(["grey"]),
+            "spacing": tuple(float(s) for s in spacing),
+            "affine": None,
+            "crs": None,
+            "transform": None,
+            "nodata": None,
+            "valid": torch.from_numpy(valid),
+            "modality": modality,
+            "path": str(path),
+            "source_shape": tuple(int(s) for s in image.shape),
+            **info,
+        }
+        return Sample(image=torch.from_numpy(image)[None].contiguous(), meta=meta)
+
+    def read_mask(self, path: str | Path, *, like: Sample | None = None) -> torch.Tensor:
+        """Read a lung / lesion mask PNG (0/255 binary or small label indices) as int64 ``(H, W)``.
+
+        ``like``: the image the mask belongs to; its source (or current) shape must match.
+        """
+        mask = torch.from_numpy(read_label_image(path))
+        if like is not None:
+            shapes = {tuple(like.spatial_shape), tuple(like.meta.get("source_shape") or like.spatial_shape)}
+            if tuple(mask.shape) not in shapes:
+                want = " or ".join("x".join(map(str, s)) for s in sorted(shapes))
+                raise InputError(f"mask is {mask.shape[0]}x{mask.shape[1]} but its image is {want}", path)
+        return mask
+
+    def preprocess(
+        self,
+        sample: Sample,
+        *,
+        normalize: str | Sequence[float] = "default",
+        clahe: float | None = None,
+        preset: str | None = None,
+    ) -> Sample:
+        """Normalise a read sample into model space; ``meta["normalization"]`` records how.
+
+        Args:
+            sample: from :meth:`read` (``[0, 1]``) or already preprocessed (re-normalised, not doubled).
+            normalize: ``"default"`` (``(x - 0.5) / 0.25``), ``"imagenet"`` (``(x - 0.449) / 0.226``),
+                ``"none"`` or a ``(mean, std)`` pair.
+            clahe: CLAHE clip limit (e.g. 2.0) applied in ``[0, 1]`` before normalising; None = off.
+            preset: a name in :attr:`presets`; overrides ``normalize`` and ``clahe``.
+
+        ``valid`` is kept (False on DICOM pixel padding).
+        """
+        if preset is not None:
+            chosen = self.presets[look_up(preset, self.presets, what="x-ray preset")]
+            normalize = chosen.get("normalize", "default")
+            clahe = chosen.get("clahe")
+        image = sample.image.detach().cpu().float().numpy()
+        if image.ndim != 3:
+            raise InputError(f"x-ray image must be (C, H, W), got shape {tuple(image.shape)}")
+        previous = sample.meta.get("normalization")
+        unit = to_unit(image, previous)  # undo an earlier normalisation, so it is never applied twice
+        done_clahe = previous.get("clahe") if previous else None
+        clahe_spec = done_clahe
+        if clahe is not None and done_clahe is None:
+            unit = apply_clahe(unit, clip_limit=float(clahe))
+            clahe_spec = {"clip_limit": float(clahe), "tiles": 8}
+        spec = normalization_spec(normalize, channels=image.shape[0], clahe=clahe_spec)
+        meta = dict(sample.meta)
+        meta["normalization"] = spec
+        if meta.get("valid") is None:
+            meta["valid"] = torch.from_numpy(np.ones(sample.spatial_shape, dtype=bool))
+        image = np.ascontiguousarray(normalize_unit(unit, spec), dtype=np.float32)
+        return sample.replace(image=torch.from_numpy(image), meta=meta)
+
+    # -- training --------------------------------------------------------------------------------
+    def augment(
+        self,
+        *,
+        train: bool,
+        input_size: int | Sequence[int] = 224,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        rotate: float = 10.0,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+        hflip: bool = False,
+        flip_label_pairs: Sequence[tuple[int, int]] = (),
+    ) -> XRayAugment:
+        """The seeded transform (see :class:`~unimae.domains.xray.augment.XRayAugment`)."""
+        return XRayAugment(
+            train=train,
+            input_size=input_size,
+            crop_scale=crop_scale,
+            rotate=rotate,
+            brightness=brightness,
+            contrast=contrast,
+            hflip=hflip,
+            flip_label_pairs=flip_label_pairs,
+        )
+
+    def synthetic(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        size: int | Sequence[int] | None = None,
+        task: str = "segment",
+        lesion_prob: float | None = None,
+        normalize: str | Sequence[float] = "default",
+    ) -> SyntheticChestXRay:
+        """``n`` synthetic chest radiographs in model space (see :class:`SyntheticChestXRay`)."""
+        return SyntheticChestXRay(
+            n,
+            seed=seed,
+            size=224 if size is None else size,
+            task=task,
+            lesion_prob=self.default_lesion_prob if lesion_prob is None else lesion_prob,
+            normalize=normalize,
+        )
+
+    # -- results ---------------------------------------------------------------------------------
+    def write(
+        self,
+        array: Any,
+        meta: dict[str, Any],
+        path: str | Path,
+        *,
+        kind: str = "auto",
+        class_names: Sequence[str] | None = None,
+    ) -> Path:
+        """Write a label map (integers) or heat map (floats) as a PNG at the source resolution, atomically.
+
+        ``array`` may be on the model grid: the letterbox in ``meta`` is undone and the result resized to
+        ``meta["source_shape"]`` (see :func:`~unimae.domains.xray.output.write_png`).
+        """
+        return write_png(array, meta, path, kind=kind, class_names=class_names)
+
+    def plot(
+        self,
+        sample: Sample,
+        prediction: torch.Tensor | None = None,
+        *,
+        alpha: float = 0.5,
+        class_names: Sequence[str] | None = None,
+        title: str | None = None,
+    ):
+        """A matplotlib Figure of the radiograph with ``prediction`` (or ``sample.mask``) overlaid, with a legend.
+
+        ``class_names`` name the label values (default: ``meta["mask_classes"]``, set by the synthetic data).
+        """
+        return plot_sample(
+            sample,
+            prediction,
+            class_names=sample.meta.get("mask_classes") if class_names is None else class_names,
+            finding_names=self.class_names,
+            alpha=alpha,
+            title=title,
+        )
+
