@@ -1,0 +1,216 @@
+"""The multispectral (satellite) domain plugin: GeoTIFF in, results back on the source grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from unimae.core.errors import InputError
+from unimae.domains.base import DomainPlugin, Sample, Transform
+from unimae.domains.multispectral.augment import SceneAugment
+from unimae.domains.multispectral.bands import BAND_PRESETS, DEFAULT_BAND_STATS, canonical_band
+from unimae.domains.multispectral.plotting import plot_sample
+from unimae.domains.multispectral.reader import TIFF_SUFFIXES, read_class_map, read_geotiff
+from unimae.domains.multispectral.stats import load_band_stats, normalization_for
+from unimae.domains.multispectral.synthetic import LAND_COVER_CLASSES, SyntheticScenes
+from unimae.domains.multispectral.writer import write_geotiff
+
+__all__ = ["MultispectralPlugin"]
+
+
+class MultispectralPlugin(DomainPlugin):
+    """Sentinel-2, Landsat 8/9 and RGB GeoTIFFs.
+
+    ``read`` gives reflectance ``(C, H, W)`` with band names and wavelengths, nodata/NaN in ``valid`` and
+    the CRS/transform; ``preprocess`` standardises each band by name (default approximate statistics per
+    preset, or your own from ``compute_band_stats``); ``write`` puts a result back on the source grid.
+    Synthetic data: land-cover scenes (``water`` = 0, ``forest``, ``crop``, ``bare_soil``, ``urban``;
+    there is no background class).
+    """
+
+    name: ClassVar[str] = "multispectral"
+    spatial_dims: ClassVar[int] = 2
+    modality: ClassVar[str] = "sentinel2_l1c"
+    extensions: ClassVar[tuple[str, ...]] = TIFF_SUFFIXES
+    tasks: ClassVar[tuple[str, ...]] = ("classify", "segment", "anomaly")
+    #: preprocess presets (band selections; normalisation statistics come from the band preset)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        "rgb": {"select_bands": ("B04", "B03", "B02")},
+        "l2a_bands": {"select_bands": tuple(BAND_PRESETS["sentinel2_l2a"]["bands"])},
+    }
+    class_names: ClassVar[tuple[str, ...]] = LAND_COVER_CLASSES
+    seg_class_names: ClassVar[tuple[str, ...]] = LAND_COVER_CLASSES
+    multi_label: ClassVar[bool] = False
+    # TorchGeo-style band metadata
+    all_band_names: ClassVar[tuple[str, ...]] = tuple(BAND_PRESETS["sentinel2_l1c"]["bands"])
+    rgb_bands: ClassVar[tuple[str, ...]] = ("B04", "B03", "B02")
+    band_presets: ClassVar[dict[str, dict[str, Any]]] = BAND_PRESETS
+
+    # -- files -----------------------------------------------------------------------------------
+    def read(
+        self,
+        path: str | Path,
+        *,
+        bands: str | Sequence[str] | None = None,
+        window: Window | Sequence[int] | None = None,
+        scale: float | Sequence[float] | None = None,
+        offset: float | Sequence[float] | None = None,
+        allow_empty: bool = False,
+    ) -> Sample:
+        """Read a GeoTIFF (or a ``window`` of it, ``(row_off, col_off, height, width)``) as reflectance.
+
+        ``bands``: preset name or band names (else from band descriptions/tags, else by band count).
+        ``scale``/``offset``: reflectance = DN * scale + offset, overriding the file and default rules.
+        ``allow_empty``: return an all-invalid window instead of raising (for streamed tiling).
+        """
+        return read_geotiff(path, bands=bands, window=window, scale=scale, offset=offset, allow_empty=allow_empty)
+
+    def read_mask(self, path: str | Path, *, like: Sample | None = None) -> torch.Tensor:
+        """A class-map GeoTIFF (one band) or PNG as int64 ``(H, W)``; shape must match ``like``."""
+        return read_class_map(path, like=like)
+
+    # -- model space -----------------------------------------------------------------------------
+    def preprocess(
+        self,
+        sample: Sample,
+        *,
+        stats: dict[str, Any] | str | Path | None = None,
+        select_bands: Sequence[str] | None = None,
+    ) -> Sample:
+        """Standardise each band, ``(x - mean) / std``, and set invalid pixels to 0.
+
+        ``stats``: a statistics dict or JSON file from ``compute_band_stats`` (looked up by band name);
+        default: the band preset's approximate reflectance statistics. ``select_bands``: keep and
+        reorder bands by name (e.g. ``("B04", "B03", "B02")``) for a model trained on those bands.
+        ``meta['normalization']`` records the per-band mean/std. A sample that is already normalised
+        (synthetic data) is returned as is (after any band selection); re-normalising it with other
+        ``stats`` raises.
+        """
+        path = sample.meta.get("path")
+        if isinstance(stats, (str, Path)):
+            stats = load_band_stats(stats)
+        if select_bands is not None:
+            sample = _select_bands(sample, select_bands)
+        if sample.meta.get("normalization") is not None:
+            if stats is not None:
+                raise InputError("the sample is already normalised; pass stats= only for raw reads", path)
+            return sample
+        names = [c["name"] for c in sample.meta["channels"]]
+        units = sample.meta.get("units")
+        if stats is None:
+            if units == "DN":
+                raise InputError(
+                    "values are raw digital numbers with no known reflectance scale; pass scale= when reading "
+                    "or stats= computed on these files",
+                    path,
+                )
+            table = sample.meta.get("band_stats_table") or _stats_table_for(names, sample.meta.get("modality"))
+            norm = normalization_for(names, table=table, path=path)
+        else:
+            if stats.get("units") and units and stats["units"] != units:
+                raise InputError(f"statistics are in {stats['units']} but the image is in {units}", path)
+            norm = normalization_for(names, stats=stats, path=path)
+        mean = torch.tensor(norm["mean"], dtype=torch.float32)[:, None, None]
+        std = torch.tensor(norm["std"], dtype=torch.float32)[:, None, None].clamp_min(1e-8)
+        image = (sample.image.float() - mean) / std
+        valid = sample.valid
+        image = image.masked_fill(~valid.bool()[None], 0.0)
+        meta = dict(sample.meta)
+        meta["normalization"] = norm
+        return sample.replace(image=image, meta=meta)
+
+    def augment(self, *, train: bool, input_size: int | Sequence[int] = 96, mask_fill: int = 0) -> Transform:
+        """Seeded albumentations crops/flips/rot90 for any band count (see :class:`SceneAugment`)."""
+        return SceneAugment(train=train, input_size=input_size, mask_fill=mask_fill)
+
+    def synthetic(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        size: int | Sequence[int] | None = None,
+        task: str = "segment",
+        lesion_prob: float | None = None,
+        bands: str = "sentinel2_l1c",
+    ) -> SyntheticScenes:
+        """Synthetic land-cover scenes (default 96x96, 13 Sentinel-2 L1C bands); see :class:`SyntheticScenes`."""
+        return SyntheticScenes(n, seed=seed, size=96 if size is None else size, task=task,
+                               lesion_prob=lesion_prob, bands=bands)
+
+    # -- results ---------------------------------------------------------------------------------
+    def write(
+        self,
+        array: Any,
+        meta: dict[str, Any],
+        path: str | Path,
+        *,
+        nodata: float | None = None,
+        descriptions: Sequence[str | None] | None = None,
+    ) -> Path:
+        """Write ``(H, W)`` or ``(C, H, W)`` as a compressed GeoTIFF with the source CRS, transform and nodata."""
+        if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+            raise InputError("write GeoTIFF results to a .tif or .tiff path", path)
+        return write_geotiff(array, meta, path, nodata=nodata, descriptions=descriptions)
+
+    def plot(
+        self,
+        sample: Sample,
+        prediction: torch.Tensor | None = None,
+        *,
+        composite: str = "natural",
+        class_names: Sequence[str] | None = None,
+        alpha: float = 0.5,
+    ):
+        """RGB composite (``"natural"`` B04/B03/B02 or ``"false_color"`` B08/B04/B03) with overlay and legend."""
+        return plot_sample(sample, prediction, composite=composite, class_names=class_names, alpha=alpha)
+
+
+def _stats_table_for(names: Sequence[str], modality: str | None) -> str | None:
+    """The default statistics table holding every band in ``names`` (the modality's first)."""
+    order = list(DEFAULT_BAND_STATS)
+    pref = {"sentinel2_l1c": "sentinel2_l1c", "sentinel2_l2a": "sentinel2_l2a", "landsat8": "landsat_sr",
+            "landsat9": "landsat_sr", "rgb": "rgb"}.get(modality or "")
+    if pref:
+        order.remove(pref)
+        order.insert(0, pref)
+    for t in order:
+        if all(n in DEFAULT_BAND_STATS[t] for n in names):
+            return t
+    return order[0] if pref else None
+
+
+def _select_bands(sample: Sample, select: Sequence[str]) -> Sample:
+    """Keep and reorder the bands named in ``select`` (matched exactly, or as ``"B4"`` -> ``"B04"``)."""
+    channels = sample.meta["channels"]
+    names = [c["name"] for c in channels]
+    idx = []
+    for want in select:
+        if want in names:
+            idx.append(names.index(want))
+            continue
+        hit = canonical_band(str(want))
+        if hit is None or hit[1] not in names:
+            raise InputError(f"band {want!r} is not in the image; its bands are {names}", sample.meta.get("path"))
+        idx.append(names.index(hit[1]))
+    meta = dict(sample.meta)
+    meta["channels"] = [dict(channels[i]) for i in idx]
+    if idx != list(range(len(names))):
+        meta["band_preset"] = None
+    norm = meta.get("normalization")
+    if norm is not None and norm.get("bands") == names:
+        meta["normalization"] = {
+            **norm,
+            "bands": [names[i] for i in idx],
+            "mean": [norm["mean"][i] for i in idx],
+            "std": [norm["std"][i] for i in idx],
+        }
+    if "scale" in meta and isinstance(meta["scale"], list) and len(meta["scale"]) == len(names):
+        meta["scale"] = [meta["scale"][i] for i in idx]
+        meta["offset"] = [meta["offset"][i] for i in idx]
+    return sample.replace(image=sample.image[torch.as_tensor(np.asarray(idx, dtype=np.int64))], meta=meta)
