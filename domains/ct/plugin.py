@@ -1,0 +1,254 @@
+"""The CT domain plugin: NIfTI and DICOM series in, label maps and heat maps out on the source grid.
+
+Axis order: an image is ``(C, I, J, K)`` over the voxel index axes of ``meta["affine"]`` (NIfTI as
+stored; DICOM as (column, row, slice)). After ``preprocess`` (default ``orientation="RAS"``) the axes
+are (R, A, S). See :mod:`unimae.domains.ct.geometry` for the full convention.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from unimae.core.errors import InputError, look_up
+from unimae.domains.base import DomainPlugin, Sample, channel_list, check_pixel_limit
+from unimae.domains.ct.augment import CTAugment
+from unimae.domains.ct.dicom import folder_has_dicom, is_dicom_file, read_dicom
+from unimae.domains.ct.geometry import resample_to_grid, same_grid, same_voxels, spacing_from_affine
+from unimae.domains.ct.nifti import is_nifti_path, read_nifti, read_nifti_labels, write_nifti
+from unimae.domains.ct.preprocess import WINDOWS, preprocess_ct, source_grid_of, to_source_grid
+from unimae.domains.ct.synthetic import SEG_CLASS_NAMES, SyntheticCT
+
+__all__ = ["CTPlugin"]
+
+
+def _axcodes(affine: np.ndarray) -> str:
+    import nibabel as nib
+
+    return "".join(nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+
+
+class CTPlugin(DomainPlugin):
+    """Computed tomography: NIfTI (``.nii``, ``.nii.gz``) and DICOM (series folder, ``.zip``, one ``.dcm`` file).
+
+    ``read`` gives HU on the source grid; ``preprocess`` reorients to RAS, resamples to 1.5 mm and maps
+    an HU window to ``[-1, 1]``; ``write`` puts a label map or heat map back on the source grid.
+    """
+
+    name: ClassVar[str] = "ct"
+    spatial_dims: ClassVar[int] = 3
+    modality: ClassVar[str] = "CT"
+    extensions: ClassVar[tuple[str, ...]] = (".nii", ".nii.gz", ".dcm", ".dicom", ".zip")
+    tasks: ClassVar[tuple[str, ...]] = ("segment", "anomaly")
+    windows: ClassVar[dict[str, tuple[float, float]]] = dict(WINDOWS)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {name: {"window": cw} for name, cw in WINDOWS.items()}
+    seg_class_names: ClassVar[tuple[str, ...]] = SEG_CLASS_NAMES
+    class_names: ClassVar[tuple[str, ...]] = ()
+    all_band_names: ClassVar[tuple[str, ...]] = ("CT",)
+    rgb_bands: ClassVar[tuple[str, ...]] = ("CT",)
+
+    # -- files -----------------------------------------------------------------------------------
+    def accepts(self, path: str | Path) -> bool:
+        """NIfTI / DICOM / zip by suffix, a folder holding DICOM files, or a file with the DICOM preamble."""
+        p = Path(path)
+        if super().accepts(p):
+            return True
+        if p.is_dir():
+            return folder_has_dicom(p)
+        return p.is_file() and is_dicom_file(p)
+
+    def read(self, path: str | Path, *, dicom_series: int | None = None) -> Sample:
+        """Read a CT in HU on its source grid.
+
+        Args:
+            path: ``.nii`` / ``.nii.gz``; a DICOM series as a folder or ``.zip``; or one DICOM file.
+            dicom_series: ``SeriesNumber`` to read when a folder or archive holds several series.
+
+        Returns:
+            ``image`` ``(1, I, J, K)`` float32 HU in source voxel order; ``meta`` with the data contract:
+            ``spacing`` (mm per axis, from the affine), ``affine`` (4x4 RAS), ``grid_affine`` (same, the
+            grid the tensor is on), ``source_shape``, ``orientation`` (axis codes), ``valid`` (False for
+            DICOM padding and values below -1500 HU), plus ``source_format``, ``source_dtype`` and, for
+            DICOM, ``slice_thickness``, ``n_slices``, ``series_number``, ``gantry_tilt_deg``.
+        """
+        p = Path(path)
+        info: dict[str, Any]
+        if is_nifti_path(p):
+            hu, affine, info = read_nifti(p)
+            valid = hu > -1500.0
+            fmt = "nifti"
+        elif p.is_dir() or p.name.lower().endswith((".zip", ".dcm", ".dicom")) or (p.is_file() and is_dicom_file(p)):
+            hu, valid, affine, info = read_dicom(p, series=dicom_series)
+            fmt = "dicom"
+        elif not p.exists():
+            raise InputError("file not found", p)
+        else:
+            raise InputError(
+                "is not a CT file; expected .nii, .nii.gz, a DICOM file, a DICOM series folder or a .zip", p
+            )
+        meta: dict[str, Any] = {
+            "spatial_dims": 3,
+            "channels": channel_list(["CT"]),
+            "spacing": spacing_from_affine(affine),
+            "affine": affine,
+            "grid_affine": affine.copy(),
+            "source_shape": tuple(int(s) for s in hu.shape),
+            "orientation": _axcodes(affine),
+            "crs": None,
+            "transform": None,
+            "nodata": None,
+            "valid": torch.from_numpy(np.ascontiguousarray(valid)),
+            "modality": self.modality,
+            "path": str(path),
+            "source_format": fmt,
+            "units": "HU",
+        }
+        meta.update({k: v for k, v in info.items() if v is not None})
+        return Sample(image=torch.from_numpy(np.ascontiguousarray(hu))[None], meta=meta)
+
+    def read_mask(self, path: str | Path, *, like: Sample | None = None) -> torch.Tensor:
+        """Read a NIfTI label map as int64 indices.
+
+        Without ``like`` the map is returned as stored, shape ``(I, J, K)``. With ``like`` (a sample from
+        ``read`` or ``preprocess``) the map must cover the same voxels as ``like``'s source file (same
+        shape, same affine up to axis flips/permutations, else :class:`InputError`) and is returned on
+        ``like``'s current grid (nearest neighbour), shape ``like.spatial_shape``.
+        """
+        p = Path(path)
+        if not is_nifti_path(p):
+            raise InputError("CT masks must be NIfTI label maps (.nii or .nii.gz)", p)
+        labels, affine = read_nifti_labels(p)
+        if like is None:
+            return torch.from_numpy(labels)
+        src_affine, src_shape = source_grid_of(like.meta)
+        if sorted(labels.shape) != sorted(src_shape) or labels.size != int(np.prod(src_shape)):
+            raise InputError(
+                f"mask shape {'x'.join(map(str, labels.shape))} does not match the image shape "
+                f"{'x'.join(map(str, src_shape))}",
+                p,
+            )
+        if not same_grid(affine, labels.shape, src_affine, src_shape):
+            raise InputError("mask affine does not match the image's: they cover different voxels", p)
+        grid_affine = np.asarray(like.meta.get("grid_affine", src_affine), dtype=np.float64)
+        if tuple(labels.shape) == tuple(like.spatial_shape) and same_voxels(affine, grid_affine):
+            return torch.from_numpy(labels)
+        out = resample_to_grid(labels[None].astype(np.float32), affine, grid_affine, like.spatial_shape)
+        return out[0].round().long()
+
+    def preprocess(
+        self,
+        sample: Sample,
+        *,
+        window: str | Sequence[float] | Mapping[str, float] = "soft_tissue",
+        spacing: float | Sequence[float] | None = (1.5, 1.5, 1.5),
+        orientation: str | None = "RAS",
+        valid_region: str = "body",
+    ) -> Sample:
+        """Reorient to ``orientation``, resample to ``spacing`` mm, window HU into ``[-1, 1]``.
+
+        ``window``: one of :attr:`presets` (soft_tissue 400/40, lung 1500/-600, bone 2500/480, liver
+        150/90, brain 80/40) or a ``(center, width)`` pair. ``valid_region``: ``"body"`` (body outline,
+        default), ``"fov"`` or ``"all"``. See :func:`~unimae.domains.ct.preprocess.preprocess_ct`.
+        """
+        return preprocess_ct(sample, window=window, spacing=spacing, orientation=orientation, valid_region=valid_region)
+
+    def augment(
+        self,
+        *,
+        train: bool,
+        input_size: int | Sequence[int] = 96,
+        flip_axes: Sequence[int] = (0, 1, 2),
+        flip_prob: float = 0.5,
+    ) -> CTAugment:
+        """MONAI pad + random crop + random flips (``train``) or pad + centre crop, seeded per call."""
+        return CTAugment(train=train, input_size=input_size, flip_axes=flip_axes, flip_prob=flip_prob)
+
+    def synthetic(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        size: int | Sequence[int] | None = 96,
+        task: str = "segment",
+        lesion_prob: float | None = None,
+        window: str | Sequence[float] = "soft_tissue",
+    ) -> SyntheticCT:
+        """``n`` phantom CTs in model space (see :class:`SyntheticCT`); ``lesion_prob`` defaults to 0.5."""
+        task = look_up(task, self.tasks, what="CT task")
+        return SyntheticCT(
+            n,
+            seed=seed,
+            size=96 if size is None else size,
+            task=task,
+            lesion_prob=0.5 if lesion_prob is None else lesion_prob,
+            window=window,
+        )
+
+    def write(self, array: Any, meta: dict[str, Any], path: str | Path, *, kind: str = "auto") -> Path:
+        """Write a result on the sample grid back to the source grid as NIfTI, atomically.
+
+        Args:
+            array: ``(I, J, K)`` or ``(1, I, J, K)`` on the grid of ``meta`` (``meta["valid"]``'s shape):
+                integer/bool labels or a float map.
+            meta: the sample's ``meta`` (from ``read``, ``preprocess`` or ``synthetic``).
+            path: ``.nii.gz`` or ``.nii`` output.
+            kind: ``"labels"`` (nearest, integer output), ``"map"`` (trilinear, float32) or ``"auto"``
+                (labels for integer/bool arrays, map for floats).
+
+        Returns:
+            ``path``. The file has the source ``affine`` and ``source_shape`` (for synthetic data: its
+            own grid); sform/qform codes follow the source NIfTI where known.
+        """
+        kind = look_up(kind, ("auto", "labels", "map"), what="write kind")
+        arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 3:
+            raise InputError(f"write needs a (I, J, K) or (1, I, J, K) array, got shape {arr.shape}", path)
+        grid_shape = tuple(np.asarray(meta["valid"]).shape) if meta.get("valid") is not None else None
+        src_affine, src_shape = source_grid_of(meta)
+        if grid_shape is None:
+            grid_shape = src_shape if "grid_affine" not in meta else tuple(arr.shape)
+        if tuple(arr.shape) != tuple(grid_shape):
+            raise InputError(
+                f"array shape {'x'.join(map(str, arr.shape))} does not match the sample grid "
+                f"{'x'.join(map(str, grid_shape))}",
+                path,
+            )
+        if kind == "auto":
+            kind = "labels" if arr.dtype.kind in "biu" else "map"
+        check_pixel_limit(src_shape, path)
+        if kind == "labels":
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InputError("label map contains NaN or Inf values", path)
+            labels = np.rint(arr).astype(np.int64)
+            out = to_source_grid(labels[None].astype(np.float32), meta, mode="nearest")[0].round().numpy()
+            lo, hi = (int(out.min()), int(out.max())) if out.size else (0, 0)
+            dtype = np.uint8 if lo >= 0 and hi < 256 else (np.int16 if -(2**15) <= lo and hi < 2**15 else np.int32)
+            data = out.astype(dtype)
+        else:
+            arr = arr.astype(np.float32)
+            if not np.isfinite(arr).all():
+                warnings.warn("map holds NaN/Inf; they are written as 0", stacklevel=2)
+                arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+            data = to_source_grid(arr[None], meta, mode="bilinear")[0].numpy().astype(np.float32)
+        return write_nifti(data, src_affine, path, codes=meta.get("nifti_codes"), is_label=kind == "labels")
+
+    def plot(
+        self,
+        sample: Sample,
+        prediction: torch.Tensor | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        alpha: float = 0.45,
+        title: str | None = None,
+    ):
+        """Axial / coronal / sagittal middle slices with ``prediction`` (or ``sample.mask``) overlaid."""
+        from unimae.domains.ct.plot import plot_ct
+
+        return plot_ct(sample, prediction, class_names=class_names, alpha=alpha, title=title)
