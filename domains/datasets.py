@@ -972,7 +972,9 @@ def _crs_name(wkt: Any) -> tuple[str | None, str | None]:
 
 
 _CONTRACT_KEYS = {"spatial_dims", "channels", "spacing", "affine", "crs", "transform", "nodata", "valid",
-                  "modality", "path", "source_shape", "dtype", "normalization"}  # fmt: skip
+                  "modality", "path", "source_shape", "dtype", "normalization",
+                  # plugin spellings of facts already shown under their own heading
+                  "source_dtype", "spacing_units", "crs_name"}  # fmt: skip
 
 
 def describe(path: str | Path, domain: str | None = None) -> dict[str, Any]:
@@ -1026,8 +1028,8 @@ def describe(path: str | Path, domain: str | None = None) -> dict[str, Any]:
             orientation = "".join(nib.aff2axcodes(np.asarray(affine, dtype=float)))
         except Exception:  # noqa: BLE001
             orientation = None
-    if "spacing_unit" in meta:
-        unit = meta["spacing_unit"]
+    if meta.get("spacing_unit") or meta.get("spacing_units"):
+        unit = str(meta.get("spacing_unit") or meta.get("spacing_units"))
     elif name == "multispectral":
         unit = crs_unit or ("pixel" if crs is None else None)
     elif affine is not None or name == "ct":
@@ -1037,11 +1039,6 @@ def describe(path: str | Path, domain: str | None = None) -> dict[str, Any]:
     else:
         unit = "pixel"
 
-    extra = {
-        k: _jsonable(v)
-        for k, v in meta.items()
-        if k not in _CONTRACT_KEYS and not _PATIENTISH.search(str(k)) and _jsonable(v) is not None
-    }
     d: dict[str, Any] = {
         "path": str(path),
         "domain": name,
@@ -1050,7 +1047,7 @@ def describe(path: str | Path, domain: str | None = None) -> dict[str, Any]:
         "shape": [int(s) for s in image.shape],
         "spatial_dims": int(meta.get("spatial_dims", image.ndim - 1)),
         "source_shape": _jsonable(meta.get("source_shape")),
-        "dtype": _jsonable(meta.get("dtype")) or _stored_dtype(p),
+        "dtype": _jsonable(meta.get("dtype") or meta.get("source_dtype")) or _stored_dtype(p),
         "tensor_dtype": str(image.dtype).replace("torch.", ""),
         "spacing": _jsonable(meta.get("spacing")),
         "spacing_unit": unit,
@@ -1062,7 +1059,11 @@ def describe(path: str | Path, domain: str | None = None) -> dict[str, Any]:
         "orientation": orientation,
         "value_range": [_jsonable(lo.min().item()), _jsonable(hi.max().item())],
         "valid_fraction": float(valid.float().mean().item()) if valid.numel() else 0.0,
-        "extra": extra,
+    }
+    d["extra"] = {
+        k: _jsonable(v)
+        for k, v in meta.items()
+        if k not in _CONTRACT_KEYS and k not in d and not _PATIENTISH.search(str(k)) and _jsonable(v) is not None
     }
     json.dumps(d)  # fail here, not in the CLI, if something slipped through
     return d
@@ -1074,6 +1075,21 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+def _compact(v: Any, limit: int = 100) -> str:
+    """A short one-line rendering of a metadata value (floats to 6 significant digits)."""
+    if isinstance(v, str):
+        text = v
+    elif isinstance(v, dict):
+        text = "{" + ", ".join(f"{k}: {_compact(x, limit)}" for k, x in v.items()) + "}"
+    elif isinstance(v, (list, tuple)):
+        text = "[" + ", ".join(_compact(x, limit) for x in v) + "]"
+    elif isinstance(v, bool) or v is None:
+        text = json.dumps(v)
+    else:
+        text = _num(v)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def format_description(d: dict[str, Any]) -> str:
     """The readable, aligned text block of :func:`describe`'s dict (``unimae info FILE``)."""
     rows: list[tuple[str, str]] = [("file", str(d.get("path")))]
@@ -1081,7 +1097,13 @@ def format_description(d: dict[str, Any]) -> str:
     if d.get("modality"):
         rows.append(("modality", str(d["modality"])))
     shape = " x ".join(str(s) for s in d["shape"])
-    rows.append(("shape", f"{shape}  (channels x {'D x H x W' if d.get('spatial_dims') == 3 else 'H x W'})"))
+    if d.get("spatial_dims") == 2:
+        axes = "channels x H x W"
+    elif d.get("affine") is not None:
+        axes = "channels x i x j x k, the affine's voxel axes"
+    else:
+        axes = "channels x spatial axes"
+    rows.append(("shape", f"{shape}  ({axes})"))
     if d.get("source_shape") and list(d["source_shape"]) != list(d["shape"][1:]):
         rows.append(("stored shape", " x ".join(str(s) for s in d["source_shape"])))
     rows.append(("dtype", f"{d.get('dtype') or '?'} (read as {d.get('tensor_dtype')})"))
@@ -1111,6 +1133,6 @@ def format_description(d: dict[str, Any]) -> str:
     rows.append(("value range", f"{_num(lo)} .. {_num(hi)}"))
     rows.append(("valid", f"{100.0 * float(d.get('valid_fraction', 0.0)):.1f} %"))
     for k, v in (d.get("extra") or {}).items():
-        rows.append((k, json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v))
+        rows.append((k, _compact(v)))
     key_w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{key_w}}  {v}" for k, v in rows)

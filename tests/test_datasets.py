@@ -206,6 +206,7 @@ def geotiff(path: Path, count: int = 13, crs: str | None = "EPSG:32633", size: i
     import rasterio
     from rasterio.transform import Affine
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = (np.arange(count * size * size, dtype=np.uint16).reshape(count, size, size) % 5000) + 100
     kw = dict(driver="GTiff", height=size, width=size, count=count, dtype="uint16", nodata=0)
     if crs is not None:
@@ -756,19 +757,37 @@ def test_describe_with_fake_plugin(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # with the real plugins (skip until they are importable)
 # ------------------------------------------------------------------------------------------------
-def _real(name: str) -> DomainPlugin:
-    try:
-        from unimae.domains import get_domain
+_PLUGIN_CLASSES = {
+    "ct": ("unimae.domains.ct", "CTPlugin"),
+    "fundus": ("unimae.domains.fundus", "FundusPlugin"),
+    "xray": ("unimae.domains.xray", "XRayPlugin"),
+    "multispectral": ("unimae.domains.multispectral", "MultispectralPlugin"),
+}
 
-        return get_domain(name)
+
+def _real(name: str) -> DomainPlugin:
+    """An instance of the real ``name`` plugin, or skip while it cannot be imported."""
+    import importlib
+
+    module, cls = _PLUGIN_CLASSES[name]
+    try:
+        return getattr(importlib.import_module(module), cls)()
     except Exception as err:  # noqa: BLE001 - a plugin still being written
         pytest.skip(f"domain plugin {name!r} not importable yet: {type(err).__name__}: {err}")
 
 
+def _registry() -> None:
+    """Skip unless the registry can build every built-in plugin (``describe`` goes through it)."""
+    try:
+        from unimae.domains import domain_names
+
+        domain_names()
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"domain registry not importable yet: {type(err).__name__}: {err}")
+
+
 def test_describe_real_plugins(tmp_path, capsys):
-    _real("ct")
-    _real("multispectral")
-    _real("xray")
+    _registry()
     d = describe(geotiff(tmp_path / "s2.tif", 13))
     assert d["domain"] == "multispectral" and d["domain_guessed"]
     assert d["shape"] == [13, 8, 8] and d["crs"] == "EPSG:32633" and d["dtype"] == "uint16"
@@ -834,3 +853,45 @@ def test_samples_manifests(tmp_path):
     drive = local_dataset(_real("fundus"), SAMPLES / "fundus" / "DRIVE" / "training")
     assert drive.layout == "segmentation" and len(drive) == 4
     assert all(m.parent.name == "1st_manual" for m in drive.masks)
+
+
+def test_real_ct_segmentation_and_series_folders(tmp_path):
+    import nibabel as nib
+
+    ct = _real("ct")
+    affine = np.diag([-2.0, 2.0, 3.0, 1.0])  # flipped first axis, anisotropic spacing
+    for k in range(2):
+        hu = np.full((10, 8, 6), -1000, dtype=np.int16)
+        hu[2:8, 2:6, 1:5] = 40  # a soft-tissue block
+        lab = np.zeros((10, 8, 6), dtype=np.uint8)
+        lab[2:8, 2:6, 1:5] = 1
+        (tmp_path / "imagesTr").mkdir(exist_ok=True)
+        (tmp_path / "labelsTr").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(hu, affine), str(tmp_path / "imagesTr" / f"case{k}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, affine), str(tmp_path / "labelsTr" / f"case{k}.nii.gz"))
+    ds = local_dataset(ct, tmp_path, task="segment", spacing=(2.0, 2.0, 2.0))
+    assert ds.layout == "segmentation" and [m.name for m in ds.masks] == ["case0.nii.gz", "case1.nii.gz"]
+    s = ds[0]
+    # the mask was read on the source grid and resampled with the image (RAS, 2 mm)
+    assert s.mask.shape == s.image.shape[1:] and s.image.shape[1:] != (10, 8, 6)
+    inside = s.image[0][s.mask.bool()]
+    outside = s.image[0][~s.mask.bool()]
+    assert inside.numel() > 0 and float(inside.mean()) > float(outside.mean()) + 0.5
+
+    plain = tmp_path / "plain"
+    dicom_series(plain / "series_a", ext="")
+    dicom_series(plain / "series_b")
+    ds2 = local_dataset(ct, plain)
+    assert [f.name for f in ds2.files] == ["series_a", "series_b"]
+    assert ds2[0].image.ndim == 4
+
+
+@pytest.mark.samples
+def test_samples_drive_through_fundus_plugin():
+    if not SAMPLES.exists():
+        pytest.skip("../shared/samples not present")
+    fundus = _real("fundus")
+    ds = local_dataset(fundus, SAMPLES / "fundus" / "DRIVE" / "training", task="segment")
+    s = ds[0]
+    assert s.image.shape == (3, 584, 565) and s.mask.shape == (584, 565)
+    assert 0.05 < float(s.mask.float().mean()) < 0.2  # vessels
