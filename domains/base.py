@@ -15,7 +15,14 @@ a plain dict that says where the image sits in the world. The keys of ``meta`` a
 ``modality``       e.g. ``"CT"``, ``"fundus"``, ``"CR"``, ``"sentinel2_l1c"``
 ``path``           source path as given, or None for synthetic data
 ``source_shape``   spatial shape of the file as stored (before reorientation / resampling)
+``normalization``  JSON dict describing the intensity normalisation ``preprocess`` applied
 =================  ================================================================================
+
+Optional keys used by several plugins: ``grid_affine`` (where the *current* 3D tensor sits after
+reorientation/resampling; ``affine`` stays the source's), ``letterbox`` (the evaluation resize/pad box
+that writers undo to return to the source grid), ``spacing_unit`` (``"mm"``, ``"m"`` or ``"pixel"``),
+``seg_class_names`` (label names, used e.g. to swap left/right labels when flipping), ``window`` (a
+rasterio window for partial reads).
 
 Plugins may add keys (``window``, ``photometric``, ``band_stats`` ...). Patient identifiers never go in
 ``meta``.
@@ -165,6 +172,9 @@ class DomainPlugin(ABC):
     class_names:     class names of the synthetic classification labels
     seg_class_names: class names of the synthetic segmentation labels (index 0 = background)
     multi_label:     True if classification labels are multi-hot (X-ray findings)
+    recipes:         training defaults from the papers, ``{"pretrain": {...}, "finetune": {...}}`` with
+                     keys such as ``patch_size``, ``input_size``, ``mask_ratio``, ``crop_scale``,
+                     ``layer_decay``; the YAML configs in ``configs/<domain>/`` follow them
     """
 
     name: ClassVar[str]
@@ -176,6 +186,7 @@ class DomainPlugin(ABC):
     class_names: ClassVar[tuple[str, ...]] = ()
     seg_class_names: ClassVar[tuple[str, ...]] = ()
     multi_label: ClassVar[bool] = False
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {}
 
     # -- files -----------------------------------------------------------------------------------
     def accepts(self, path: str | Path) -> bool:
@@ -235,7 +246,10 @@ class DomainPlugin(ABC):
 
     # -- datasets --------------------------------------------------------------------------------
     def load(self, path: str | Path, **kwargs: Any) -> Sample:
-        """``read`` then ``preprocess`` with the same keyword arguments (each takes what it knows)."""
+        """``read`` then ``preprocess`` with the same keyword arguments (each takes what it knows).
+
+        Plugins therefore keep the keyword names of ``read`` and ``preprocess`` distinct.
+        """
         return self.preprocess(self.read(path, **_kw_for(self.read, kwargs)), **_kw_for(self.preprocess, kwargs))
 
     def train_dataset(

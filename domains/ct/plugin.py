@@ -48,6 +48,13 @@ class CTPlugin(DomainPlugin):
     windows: ClassVar[dict[str, tuple[float, float]]] = dict(WINDOWS)
     presets: ClassVar[dict[str, dict[str, Any]]] = {name: {"window": cw} for name, cw in WINDOWS.items()}
     seg_class_names: ClassVar[tuple[str, ...]] = SEG_CLASS_NAMES
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {
+        # 3D MAE for CT: 16^3 patches on 96^3 crops at 1.5 mm, soft-tissue window
+        "pretrain": {"patch_size": 16, "input_size": 96, "mask_ratio": 0.75, "window": "soft_tissue",
+                     "spacing": (1.5, 1.5, 1.5)},
+        "finetune": {"patch_size": 16, "input_size": 96, "layer_decay": 0.75, "window": "soft_tissue",
+                     "spacing": (1.5, 1.5, 1.5)},
+    }
     class_names: ClassVar[tuple[str, ...]] = ()
     all_band_names: ClassVar[tuple[str, ...]] = ("CT",)
     rgb_bands: ClassVar[tuple[str, ...]] = ("CT",)

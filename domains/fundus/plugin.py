@@ -47,15 +47,13 @@ class FundusPlugin(DomainPlugin):
         "green": {"clahe": False, "green": True, "normalize": "imagenet"},
         "clahe_green": {"clahe": True, "green": True, "normalize": "imagenet"},
     }
-    recipe: ClassVar[dict[str, Any]] = {
-        "input_size": 224,
-        "patch_size": 16,
-        "mask_ratio": 0.75,
-        "crop_scale": (0.6, 1.0),
-        "layer_decay": 0.65,
-        "preset": "default",
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {
+        # RETFound / MAE: 224 px, 16 px patches, 75 % masking; fine-tuning with layer decay 0.65
+        "pretrain": {"patch_size": 16, "input_size": 224, "mask_ratio": 0.75, "crop_scale": (0.6, 1.0),
+                     "preset": "default"},
+        "finetune": {"patch_size": 16, "input_size": 224, "crop_scale": (0.6, 1.0), "layer_decay": 0.65,
+                     "preset": "default"},
     }
-    """Training defaults (RETFound recipe: 224 px, 16 px patches, 75 % masking, layer decay 0.65)."""
     class_names: ClassVar[tuple[str, ...]] = SyntheticFundus.class_names
     seg_class_names: ClassVar[tuple[str, ...]] = SyntheticFundus.seg_class_names
     multi_label: ClassVar[bool] = False

@@ -47,6 +47,12 @@ class MultispectralPlugin(DomainPlugin):
     class_names: ClassVar[tuple[str, ...]] = LAND_COVER_CLASSES
     seg_class_names: ClassVar[tuple[str, ...]] = LAND_COVER_CLASSES
     multi_label: ClassVar[bool] = False
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {
+        # SatMAE-style 96 px crops with 8 px patches; spectral embedding and channel + patch masking
+        "pretrain": {"patch_size": 8, "input_size": 96, "mask_ratio": 0.75, "masking": "channel_patch",
+                     "channel_mask_ratio": 0.5, "bands": "sentinel2_l1c"},
+        "finetune": {"patch_size": 8, "input_size": 96, "layer_decay": 0.75, "bands": "sentinel2_l1c"},
+    }
     # TorchGeo-style band metadata
     all_band_names: ClassVar[tuple[str, ...]] = tuple(BAND_PRESETS["sentinel2_l1c"]["bands"])
     rgb_bands: ClassVar[tuple[str, ...]] = ("B04", "B03", "B02")
