@@ -1,0 +1,1003 @@
+"""Import pretrained ViT / MAE weights that users already have into UniMAE models.
+
+Three foreign layouts are understood, plus UniMAE's own:
+
+* ``"timm"``: a timm ``VisionTransformer`` state dict (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+  ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``; ``head`` / ``fc_norm`` unused);
+* ``"mae"``: the MAE family (facebookresearch/mae, RETFound, medical_mae): the timm encoder keys plus
+  ``mask_token``, ``decoder_embed``, ``decoder_pos_embed``, ``decoder_blocks.N``, ``decoder_norm`` and
+  ``decoder_pred``, usually nested under ``"model"``;
+* ``"monai"``: MONAI's ``MaskedAutoEncoderViT`` (``patch_embedding.patch_embeddings``,
+  ``blocks.N.{attn.qkv,attn.out_proj,mlp.linear1,mlp.linear2}``, the trailing ``LayerNorm`` of the
+  ``blocks`` / ``decoder_blocks`` sequentials, ``mask_tokens``, ``decoder_pos_embedding``);
+* ``"unimae"``: a UniMAE state dict (``encoder.*`` plus the decoder), e.g. from another model size.
+
+Position embeddings. UniMAE adds *fixed* sin-cos position embeddings built for each input's grid, so
+a source ``pos_embed`` is never loaded as a parameter. Sin-cos tables of the common conventions (MAE's,
+MONAI's, timm's ``build_sincos2d``) hold the same columns as UniMAE's in a different channel order. The
+importer recognises such a table up to that channel permutation and permutes the whole residual stream
+of the imported transformer (patch projection rows, class token, norms, attention and MLP weights,
+``decoder_embed`` columns) so that the imported model computes exactly what the source computed, with
+its output channels in UniMAE's order (:attr:`ImportReport.encoder_permutation` maps them back). The
+same is done for the decoder stream and ``decoder_pos_embed``. Because UniMAE builds its table for each
+input's grid, a recognised table is in effect resampled exactly to any new grid (224 -> 512 inputs, or
+a grid of a different aspect). A position table's class-token row is
+folded into ``cls_token`` (UniMAE adds no position to the class token, so this is exact). A *learned*
+table (supervised timm ViTs) cannot be expressed as a fixed sin-cos embedding: it is reported as not
+transferred, and such a model needs fine-tuning to adjust to the sin-cos positions.
+
+Adaptation to the target model:
+
+* input channels 1 <-> 3 <-> N with timm's ``adapt_input_conv`` convention (3 -> 1 sums the RGB kernels,
+  1 -> N repeats them divided by N, 3 -> N cycles them rescaled by 3 / N);
+* patch size: the kernel is resampled with the FlexiViT pseudo-inverse of bicubic resizing (equal to
+  timm's ``resample_patch_embed`` in 2D, applied axis by axis so it works in 3D);
+* 2D -> 3D: the in-plane kernel is inflated over depth (``inflate_patch_weight``, averaged), so a volume
+  of identical slices embeds like the 2D image;
+* ``decoder_pred`` is adapted alike on its output side (channels averaged / repeated, pixels resized,
+  repeated over depth) and reordered from MAE's ``(pixel, channel)`` to UniMAE's ``(channel, pixel)`` rows;
+* a spectral (wavelength-conditioned) UniMAE model has no counterpart of a fixed RGB projection: the
+  patch projection is skipped with that reason, the transformer is still loaded;
+* width / depth / MLP-ratio mismatches are never loaded: they are listed as mismatched, missing or
+  unexpected in the :class:`ImportReport`.
+
+Files: ``.safetensors`` are read without unpickling. ``.pth/.pt/.bin/.ckpt`` files are pickles and are
+read only with ``allow_pickle=True``, and then only through ``torch.load(weights_only=True)``, which
+refuses arbitrary objects (``argparse.Namespace`` and numpy scalars, found in MAE / timm training
+checkpoints, are allowed). :func:`save_as_safetensors` converts such a file once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from timm.models import adapt_input_conv
+from torch import nn
+
+from unimae.core.encoder import ViTEncoder
+from unimae.core.errors import InputError, look_up
+from unimae.core.fileio import atomic_path
+from unimae.core.patch_embed import inflate_patch_weight
+from unimae.core.pos_embed import sincos_pos_embed
+
+__all__ = [
+    "LAYOUTS",
+    "ImportReport",
+    "import_weights",
+    "read_state_dict",
+    "detect_layout",
+    "save_as_safetensors",
+    "adapt_patch_weight",
+    "adapt_pred_weight",
+    "resample_patch_kernel",
+]
+
+LAYOUTS = ("auto", "timm", "mae", "monai", "unimae")
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl")
+#: keys under which training checkpoints nest the model's state dict, in order of preference
+NEST_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "network")
+#: RMS tolerances for recognising a sin-cos position table exactly (float32 tables are within ~1e-6);
+#: the tightest that succeeds is used, so near-identical low-frequency columns are not confused
+SINCOS_EXACT_TOLS = (1e-5, 1e-3)
+SINCOS_EXACT_TOL = SINCOS_EXACT_TOLS[-1]
+#: RMS tolerance for a table that started as sin-cos and drifted a little in fine-tuning
+SINCOS_NEAR_TOL = 0.1
+#: how many grid factorisations of the token count are tried when recognising a position table
+MAX_GRID_CANDIDATES = 16
+
+POS_SINCOS_NOTE = "unused: fixed sin-cos used"
+_MAE_DECODER = re.compile(r"^(mask_token|decoder_(embed|blocks|norm|pred)\b.*)$")
+_TIMM_ENCODER = re.compile(r"^(cls_token|patch_embed\..+|blocks\.\d+\..+|norm\.(weight|bias))$")
+_UNUSED_REASONS = (
+    (re.compile(r"^(head|head_dist|heads)\."), "classification head, not part of the encoder"),
+    (re.compile(r"^fc_norm\."), "norm of the pooled feature (global-pool fine-tune head), not per-token"),
+    (re.compile(r"\.ls[12]\.(gamma|scale)$"), "LayerScale, which UniMAE blocks do not have: not transferred"),
+    (re.compile(r"^(dist_token|reg_token)$"), "extra prefix token, which UniMAE does not have"),
+    (re.compile(r"(^|\.)(norm_cross_attn|cross_attn)\."), "cross-attention, unused by MONAI's MAE"),
+    (re.compile(r"^norm_pre\."), "pre-transformer norm, which UniMAE does not have: not transferred"),
+)
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    """What :func:`import_weights` did.
+
+    Attributes:
+        layout: the source layout (``"timm"``, ``"mae"``, ``"monai"`` or ``"unimae"``).
+        source: the file name, or None for an in-memory dict.
+        loaded: target keys that were filled (adapted ones included).
+        adapted: target key -> what was done to the source tensor to fill it.
+        missing: target keys left as they were (not in the source, skipped or mismatched).
+        unexpected: source key -> why it was not used.
+        mismatched: target key -> (source shape, target shape) for same-named tensors that do not fit
+            (width, depth or MLP-ratio differences); these are also in ``missing``.
+        notes: model-level remarks (position embeddings, inflation, LayerNorm eps ...).
+        encoder_permutation: with a recognised sin-cos table in a different channel order, the imported
+            encoder's output channel ``i`` is the source's channel ``encoder_permutation[i]``; None if
+            the channel order is unchanged.
+        decoder_permutation: the same for the decoder stream.
+    """
+
+    layout: str
+    source: str | None = None
+    loaded: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: dict[str, str] = field(default_factory=dict)
+    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    encoder_permutation: list[int] | None = None
+    decoder_permutation: list[int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (shapes as lists)."""
+        return {
+            "layout": self.layout,
+            "source": self.source,
+            "loaded": list(self.loaded),
+            "adapted": dict(self.adapted),
+            "missing": list(self.missing),
+            "unexpected": dict(self.unexpected),
+            "mismatched": {k: [list(a), list(b)] for k, (a, b) in self.mismatched.items()},
+            "notes": list(self.notes),
+            "encoder_permutation": None if self.encoder_permutation is None else list(self.encoder_permutation),
+            "decoder_permutation": None if self.decoder_permutation is None else list(self.decoder_permutation),
+        }
+
+    def summary(self) -> str:
+        """A few readable lines; repeated per-block keys are grouped as ``blocks.N.*``."""
+        src = f" from {self.source}" if self.source else ""
+        lines = [
+            f"imported {self.layout} weights{src}: {len(self.loaded)} tensors loaded ({len(self.adapted)} adapted), "
+            f"{len(self.missing)} missing, {len(self.unexpected)} unused, {len(self.mismatched)} mismatched"
+        ]
+        by_what: dict[str, list[str]] = {}
+        for k, what in self.adapted.items():
+            by_what.setdefault(what, []).append(k)
+        for what, keys in by_what.items():
+            lines.append(f"  adapted {_group(keys)}: {what}")
+        if self.mismatched:
+            shown = [f"{k} {tuple(a)} -> {tuple(b)}" for k, (a, b) in list(self.mismatched.items())[:4]]
+            more = f" (+{len(self.mismatched) - 4} more)" if len(self.mismatched) > 4 else ""
+            lines.append(f"  mismatched (not loaded): {'; '.join(shown)}{more}")
+        plain_missing = [k for k in self.missing if k not in self.mismatched]
+        if plain_missing:
+            lines.append(f"  missing (left as initialised): {_group(plain_missing)}")
+        by_reason: dict[str, list[str]] = {}
+        for k, why in self.unexpected.items():
+            by_reason.setdefault(why, []).append(k)
+        for why, keys in by_reason.items():
+            label = "" if why.startswith(("unused", "not transferred", "skipped")) else "unused "
+            lines.append(f"  {label}{_group(keys)}: {why}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _group(keys: Sequence[str], limit: int = 6) -> str:
+    """``["blocks.0.a", "blocks.1.a", "x"]`` -> ``"blocks.N.a (x2), x"``."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        g = re.sub(r"\.\d+\.", ".N.", k)
+        counts[g] = counts.get(g, 0) + 1
+    items = [f"{g} (x{c})" if c > 1 else g for g, c in counts.items()]
+    more = f", +{len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+
+def _file_kind(path: Path) -> str:
+    """``"safetensors"``, ``"pickle"`` or ``"unknown"``, from the file's first bytes, then its suffix."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"  # u64 header length, then a JSON header
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive / legacy pickle protocol 2+
+        return "pickle"
+    if path.suffix.lower() == ".safetensors":
+        return "safetensors"
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return "pickle"
+    return "unknown"
+
+
+def _safe_pickle_globals() -> list[Any]:
+    """Benign non-tensor objects that MAE / timm training checkpoints carry besides the weights."""
+    allowed: list[Any] = [argparse.Namespace]
+    try:
+        import numpy as np
+
+        core = getattr(np, "_core", None) or np.core
+        allowed += [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
+        dtypes = getattr(np, "dtypes", None)
+        if dtypes is not None:
+            allowed += [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType")
+                        if hasattr(dtypes, n)]
+    except Exception:  # numpy is optional here
+        pass
+    return allowed
+
+
+def _load_pickle(path: Path) -> Any:
+    try:
+        with torch.serialization.safe_globals(_safe_pickle_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        m = re.search(r"GLOBAL ([\w.]+)", str(err), flags=re.IGNORECASE)
+        if m is None:  # bad opcodes: not a pickle torch wrote, or damaged
+            raise InputError("is not a readable PyTorch file (corrupt, truncated or not a torch checkpoint)", path) from err
+        raise InputError(
+            f"refused to load: the pickle holds a non-tensor object ({m.group(1)}) that safe loading "
+            "(torch.load weights_only=True) does not allow; extract the state dict in a trusted "
+            "environment and save it as .safetensors",
+            path,
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as err:
+        first = (str(err).splitlines() or [""])[0].split(". ")[0][:100]
+        detail = f": {first}" if len(first) > 8 else ""
+        raise InputError(
+            f"is not a readable PyTorch file (corrupt, truncated or not a torch checkpoint{detail})", path
+        ) from err
+
+
+def _unwrap(obj: Any, path: Path | None) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint (``{"model": ...}``, ``{"state_dict": ...}`` ...)."""
+    for _ in range(6):
+        if not isinstance(obj, Mapping):
+            raise InputError(f"does not hold a state dict (found {type(obj).__name__})", path)
+        nested = next((k for k in NEST_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if nested is None:
+            break
+        obj = obj[nested]
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            out[str(k)] = v
+        elif type(v).__module__ == "numpy" and hasattr(v, "dtype") and getattr(v, "ndim", 0) > 0:
+            out[str(k)] = torch.as_tensor(v)
+    if not out:
+        keys = ", ".join(map(str, list(obj)[:6]))
+        raise InputError(f"holds no tensors (top-level keys: {keys or 'none'})", path)
+    return out
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DDP / torch.compile / wrapper prefixes (``module.``, ``_orig_mod.``, ``backbone.`` ...)."""
+    def strip(p: str, only_if_all: bool) -> bool:
+        nonlocal sd
+        hits = [k for k in sd if k.startswith(p)]
+        if not hits or (only_if_all and len(hits) != len(sd)):
+            return False
+        new = {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
+        if len(new) != len(sd):  # stripping would collide: keep the keys as they are
+            return False
+        sd = new
+        return True
+
+    changed = True
+    while changed:
+        changed = any([strip(p, False) for p in ("module.", "_orig_mod.")])
+        changed = changed or any(strip(p, True) for p in ("model.", "net.", "backbone.", "encoder.", "vit."))
+    # a backbone beside a head (linear-probe checkpoints): ``backbone.blocks...`` + ``head.*``
+    if any(k.startswith("backbone.blocks.") for k in sd):
+        strip("backbone.", False)
+    # a timm ViT nested as ``encoder.*`` beside a head (UniMAE's own ``encoder.*`` has no pos_embed)
+    if "encoder.pos_embed" in sd and not any(_MAE_DECODER.match(k) for k in sd):
+        strip("encoder.", False)
+    return sd
+
+
+def read_state_dict(source: str | Path | Mapping[str, Any], *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` state dict from a dict, a ``.safetensors`` file or (opt-in) a torch pickle.
+
+    Nested checkpoints (``{"model": ...}``, ``{"state_dict": ...}``, ``{"module": ...}``) are unwrapped and
+    ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``backbone.`` / ``encoder.`` / ``model.`` wrapper
+    prefixes are removed. Bad files raise :class:`InputError` with a one-line message.
+    """
+    if isinstance(source, Mapping):
+        return _strip_prefixes(_unwrap(source, None))
+    path = Path(source)
+    if not path.exists() and not path.suffix and path.with_name(path.name + ".safetensors").is_file():
+        path = path.with_name(path.name + ".safetensors")  # a UniMAE checkpoint given by its stem
+    if not path.exists():
+        raise InputError("weights file not found", path)
+    if path.is_dir():
+        raise InputError("is a folder; expected a weights file (.safetensors, or .pth/.pt/.bin with allow_pickle)", path)
+    kind = _file_kind(path)
+    if kind == "safetensors":
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            first = (str(err).splitlines() or [type(err).__name__])[0][:120]
+            raise InputError(f"is not a readable safetensors file (corrupt or truncated: {first})", path) from err
+    elif kind == "pickle":
+        if not allow_pickle:
+            raise InputError(
+                "is a PyTorch pickle, and loading a pickle can run code; pass allow_pickle=True to load it "
+                "with torch.load(weights_only=True), which refuses arbitrary objects, or convert it once "
+                "to .safetensors (unimae.core.weight_import.save_as_safetensors)",
+                path,
+            )
+        obj = _load_pickle(path)
+    else:
+        raise InputError("unknown weights format; expected .safetensors, or a PyTorch .pth/.pt/.bin file", path)
+    return _strip_prefixes(_unwrap(obj, path))
+
+
+def save_as_safetensors(
+    source: str | Path | Mapping[str, Any], path: str | Path, *, allow_pickle: bool = False
+) -> Path:
+    """Convert a weights file (e.g. a ``.pth`` read with ``weights_only``) to ``.safetensors``, atomically.
+
+    Only the (unwrapped, prefix-stripped) state dict is kept. Returns the written path.
+    """
+    sd = read_state_dict(source, allow_pickle=allow_pickle)
+    clean = {k: v.detach().to("cpu").clone().contiguous() for k, v in sd.items()}  # no shared storage
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp))
+    return path
+
+
+# -- layouts ------------------------------------------------------------------------------------------
+
+
+def detect_layout(state_dict: Mapping[str, Any]) -> str:
+    """The layout of a (prefix-stripped) state dict: ``"timm"``, ``"mae"``, ``"monai"`` or ``"unimae"``."""
+    keys = list(state_dict)
+    if any(k.startswith("patch_embedding.") or ".mlp.linear1." in k or k == "mask_tokens" for k in keys):
+        return "monai"
+    if any(k.startswith(("encoder.blocks.", "encoder.patch_embed.")) for k in keys) and "encoder.pos_embed" not in keys:
+        return "unimae"
+    timm_like = "patch_embed.proj.weight" in keys or any(re.match(r"^blocks\.\d+\.attn\.qkv\.", k) for k in keys)
+    if timm_like:
+        if any(_MAE_DECODER.match(k) for k in keys):
+            return "mae" if "pos_embed" in keys or "decoder_pos_embed" in keys else "unimae"
+        return "timm" if "pos_embed" in keys else "unimae"
+    sample = ", ".join(keys[:5])
+    raise InputError(
+        f"unrecognised weights layout (keys start: {sample}); known: timm ViT, MAE/RETFound/medical_mae, "
+        "MONAI MaskedAutoEncoderViT, UniMAE"
+    )
+
+
+@dataclass
+class _Canon:
+    """A source state dict renamed to UniMAE names (``encoder.*`` + decoder), with its side information."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)  # canonical key -> source key
+    unused: dict[str, str] = field(default_factory=dict)  # source key -> reason
+    adapted: dict[str, str] = field(default_factory=dict)  # canonical key -> what was done
+    pos: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)  # "encoder"/"decoder" -> (key, table)
+    pos_prefix_rows: int | None = None  # class-token rows in the encoder table (None: decide by shape)
+    pred_order: str = "channel_pixel"  # row order of the source decoder_pred
+    spectral: bool = False
+
+    def put(self, key: str, value: torch.Tensor, src: str) -> None:
+        self.tensors[key] = value
+        self.origin[key] = src
+
+
+def _unused_reason(key: str) -> str:
+    for pattern, why in _UNUSED_REASONS:
+        if pattern.search(key):
+            return why
+    return "no counterpart in UniMAE"
+
+
+def _canon_timm_family(sd: dict[str, torch.Tensor], layout: str) -> _Canon:
+    c = _Canon(pos_prefix_rows=None, pred_order="pixel_channel" if layout == "mae" else "channel_pixel")
+    for k, v in sd.items():
+        if layout != "unimae" and k == "pos_embed":
+            c.pos["encoder"] = (k, v)
+        elif layout != "unimae" and k == "decoder_pos_embed":
+            if layout == "timm":
+                c.unused[k] = "decoder keys are not part of the timm layout (use layout='mae')"
+            else:
+                c.pos["decoder"] = (k, v)
+        elif k.startswith("encoder."):  # UniMAE's own names
+            c.put(k, v, k)
+        elif _TIMM_ENCODER.match(k) and not _unused_reason(k).startswith("LayerScale"):
+            c.put("encoder." + k, v, k)
+        elif _MAE_DECODER.match(k) or (layout == "unimae" and k.startswith("gradient_")):
+            if layout == "timm":
+                c.unused[k] = "decoder keys are not part of the timm layout (use layout='mae')"
+            else:
+                c.put(k, v, k)
+        else:
+            c.unused[k] = _unused_reason(k)
+    c.spectral = "encoder.patch_embed.band_embed" in c.tensors
+    return c
+
+
+_MONAI_BLOCK_RENAMES = (
+    ("attn.out_proj.", "attn.proj."),
+    ("mlp.linear1.", "mlp.fc1."),
+    ("mlp.linear2.", "mlp.fc2."),
+)
+
+
+def _canon_monai(sd: dict[str, torch.Tensor], target: ViTEncoder) -> _Canon:
+    c = _Canon(pos_prefix_rows=0, pred_order="pixel_channel")
+    split_qkv: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    for k, v in sd.items():
+        m = re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)$", k)
+        if m:
+            group, idx, rest = m.groups()
+            base = "encoder.blocks" if group == "blocks" else "decoder_blocks"
+            if rest in ("weight", "bias"):  # the LayerNorm closing the nn.Sequential
+                c.put(f"{'encoder.norm' if group == 'blocks' else 'decoder_norm'}.{rest}", v, k)
+                continue
+            q = re.match(r"^attn\.to_([qkv])\.(weight|bias)$", rest)
+            if q:
+                split_qkv.setdefault(f"{base}.{idx}.attn.qkv.{q.group(2)}", {})[q.group(1)] = (k, v)
+                continue
+            known = ("norm1.", "norm2.", "attn.qkv.") + tuple(a for a, _ in _MONAI_BLOCK_RENAMES)
+            if rest.startswith(known):
+                for a, b in _MONAI_BLOCK_RENAMES:
+                    if rest.startswith(a):
+                        rest = b + rest[len(a):]
+                c.put(f"{base}.{idx}.{rest}", v, k)
+            else:
+                c.unused[k] = _unused_reason(k)
+        elif k == "patch_embedding.position_embeddings":
+            c.pos["encoder"] = (k, v)
+        elif k == "decoder_pos_embedding":
+            c.pos["decoder"] = (k, v)
+        elif k in ("patch_embedding.patch_embeddings.weight", "patch_embedding.patch_embeddings.bias"):
+            c.put("encoder.patch_embed.proj." + k.rsplit(".", 1)[1], v, k)
+        elif k == "patch_embedding.patch_embeddings.1.bias":
+            c.put("encoder.patch_embed.proj.bias", v, k)
+        elif k == "patch_embedding.patch_embeddings.1.weight":
+            # perceptron: Linear over patches flattened "(p1 p2 p3 c)"; (patch, channels) come from the target
+            pvox, cin = math.prod(target.patch_size), target.in_chans
+            if v.ndim == 2 and v.shape[1] == pvox * cin and target.channel_mode == "fixed":
+                w = v.reshape(v.shape[0], *target.patch_size, cin)
+                w = w.permute(0, w.ndim - 1, *range(1, w.ndim - 1)).contiguous()
+                c.put("encoder.patch_embed.proj.weight", w, k)
+                c.adapted["encoder.patch_embed.proj.weight"] = (
+                    "MONAI perceptron Linear '(p c)' reshaped to conv layout (channels, *patch)"
+                )
+            else:
+                c.unused[k] = (
+                    "skipped: MONAI perceptron patch embedding whose (patch, channels) do not match the "
+                    f"target's {target.patch_size} x {cin}"
+                )
+        elif k == "cls_token":
+            c.put("encoder.cls_token", v, k)
+        elif k == "mask_tokens":
+            c.put("mask_token", v, k)
+        elif k.startswith(("decoder_embed.", "decoder_pred.")):
+            c.put(k, v, k)
+        else:
+            c.unused[k] = _unused_reason(k)
+    if "encoder.patch_embed.proj.bias" in c.tensors and "encoder.patch_embed.proj.weight" not in c.tensors:
+        src = c.origin.pop("encoder.patch_embed.proj.bias")
+        del c.tensors["encoder.patch_embed.proj.bias"]
+        c.unused[src] = "skipped with the patch projection weight"
+    for key, parts in split_qkv.items():
+        if set(parts) == {"q", "k", "v"}:
+            c.put(key, torch.cat([parts[n][1] for n in "qkv"], 0), parts["q"][0])
+            c.adapted[key] = "MONAI to_q/to_k/to_v concatenated into qkv"
+        else:
+            for src, _ in parts.values():
+                c.unused[src] = "incomplete q/k/v projections"
+    # MONAI's attention defaults to qkv_bias=False; UniMAE's blocks have a qkv bias: zero is exact
+    for key in list(c.tensors):
+        if key.endswith(".attn.qkv.weight"):
+            bias_key = key[: -len("weight")] + "bias"
+            if bias_key not in c.tensors:
+                w = c.tensors[key]
+                c.tensors[bias_key] = w.new_zeros(w.shape[0])
+                c.adapted[bias_key] = "zero bias (source attention has no qkv bias)"
+    return c
+
+
+# -- position embeddings ------------------------------------------------------------------------------
+
+
+def _grid_candidates(n: int, dims: int) -> list[tuple[int, ...]]:
+    """Factorisations of ``n`` tokens into ``dims`` grid sizes, most isotropic first."""
+    out: list[tuple[int, ...]] = []
+
+    def rec(rest: int, left: int, acc: tuple[int, ...]) -> None:
+        if left == 1:
+            out.append(acc + (rest,))
+            return
+        for d in range(1, rest + 1):
+            if rest % d == 0:
+                rec(rest // d, left - 1, acc + (d,))
+
+    if n > 0:
+        rec(n, dims, ())
+    out.sort(key=lambda g: (max(g) / min(g), g))
+    return out[:MAX_GRID_CANDIDATES]
+
+
+def _match_columns(src: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[list[int], float] | None:
+    """A permutation ``perm`` with ``ref[:, i] ~ src[:, perm[i]]`` (RMS over rows <= tol), and the worst RMS.
+
+    The identity is kept when it fits; otherwise the assignment of least total squared difference
+    (``scipy.optimize.linear_sum_assignment``), so near-constant low-frequency columns that are
+    interchangeable on this grid are paired as closely as possible.
+    """
+    from scipy.optimize import linear_sum_assignment  # scipy comes with scikit-image
+
+    n_rows, width = ref.shape
+    # cheap necessary condition: a column permutation keeps the multiset of column norms, and
+    # |norm(a) - norm(b)| <= norm(a - b), so the sorted norms must agree within the tolerance
+    norms_src = src.double().norm(dim=0).sort().values
+    norms_ref = ref.double().norm(dim=0).sort().values
+    if float((norms_src - norms_ref).abs().max()) / math.sqrt(n_rows) > tol:
+        return None
+    dist = torch.cdist(ref.T.double(), src.T.double()) / math.sqrt(n_rows)  # (E ref, E src)
+    diag = dist.diagonal()
+    if bool((diag <= tol).all()):
+        return list(range(width)), float(diag.max())
+    if not bool((dist <= tol).any(1).all()) or not bool((dist <= tol).any(0).all()):
+        return None
+    rows, cols = linear_sum_assignment(dist.pow(2).numpy())
+    perm = [0] * width
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        perm[r] = c
+    worst = float(dist[torch.arange(width), torch.tensor(perm)].max())
+    return (perm, worst) if worst <= tol else None
+
+
+def _looks_sincos(table: torch.Tensor) -> bool:
+    """Every row of a sin-cos table has the same norm, sqrt(pairs) (sin^2 + cos^2 = 1): a cheap pre-check."""
+    width = table.shape[1]
+    norms = table.double().norm(dim=1)
+    # pairs is at most width / 2 (fewer when the width is not divisible by 2 * dims, zero-filled)
+    lo, hi = math.sqrt(max(width / 2 - 3, 1)) * 0.8, math.sqrt(width / 2) * 1.2
+    return bool(((norms >= lo) & (norms <= hi)).all())
+
+
+def _recognise_sincos(
+    table: torch.Tensor, dims: int, tols: Sequence[float]
+) -> tuple[list[int], tuple[int, ...], float] | None:
+    """Match a ``(N, E)`` table to UniMAE's sin-cos on some grid up to a channel permutation."""
+    n, width = table.shape
+    for grid in _grid_candidates(n, dims):
+        try:
+            ref = sincos_pos_embed(grid, width, dtype=torch.float64)
+        except ValueError:
+            return None
+        for tol in tols:
+            hit = _match_columns(table.double(), ref, tol)
+            if hit is not None:
+                return hit[0], grid, hit[1]
+    return None
+
+
+def _split_prefix(table: torch.Tensor, prefix: int | None, has_cls: bool, dims: int) -> list[int]:
+    """Class-token rows to try for a position table: explicit, or by which count leaves a regular grid."""
+    if prefix is not None:
+        return [prefix]
+    if not has_cls:
+        return [0]
+    n = table.shape[0]
+    regular = lambda m: m > 0 and round(m ** (1.0 / dims)) ** dims == m  # noqa: E731
+    return [1, 0] if regular(n - 1) or not regular(n) else [0, 1]
+
+
+# -- stream permutation ------------------------------------------------------------------------------
+
+_ENC_ROWS = re.compile(r"^encoder\.(patch_embed\.proj\.(weight|bias)|blocks\.\d+\.(attn\.proj|mlp\.fc2)\.(weight|bias))$")
+_ENC_LAST = re.compile(r"^encoder\.(cls_token|norm\.(weight|bias)|blocks\.\d+\.norm[12]\.(weight|bias))$")
+_ENC_COLS = re.compile(r"^(encoder\.blocks\.\d+\.(attn\.qkv|mlp\.fc1)\.weight|decoder_embed\.weight)$")
+_DEC_ROWS = re.compile(r"^(decoder_embed\.(weight|bias)|decoder_blocks\.\d+\.(attn\.proj|mlp\.fc2)\.(weight|bias))$")
+_DEC_LAST = re.compile(r"^(mask_token|decoder_norm\.(weight|bias)|decoder_blocks\.\d+\.norm[12]\.(weight|bias))$")
+_DEC_COLS = re.compile(r"^(decoder_blocks\.\d+\.(attn\.qkv|mlp\.fc1)\.weight|decoder_pred\.weight)$")
+
+
+def _permute_stream(c: _Canon, perm: list[int], which: str) -> list[str]:
+    """Permute the residual-stream channels of the encoder or decoder: an exact reparametrisation."""
+    rows, last, cols = (_ENC_ROWS, _ENC_LAST, _ENC_COLS) if which == "encoder" else (_DEC_ROWS, _DEC_LAST, _DEC_COLS)
+    idx = torch.tensor(perm)
+    width = len(perm)
+    done = []
+    for k, v in list(c.tensors.items()):
+        if rows.match(k) and v.shape[0] == width:
+            c.tensors[k] = v.index_select(0, idx)
+        elif last.match(k) and v.shape[-1] == width:
+            c.tensors[k] = v.index_select(v.ndim - 1, idx)
+        elif cols.match(k) and v.ndim == 2 and v.shape[1] == width:
+            c.tensors[k] = v.index_select(1, idx)
+        else:
+            continue
+        done.append(k)
+    return done
+
+
+def _handle_positions(c: _Canon, report: ImportReport, dims: int) -> None:
+    """Fold class-token rows, recognise sin-cos tables and permute the streams (see the module docstring)."""
+    for which in ("encoder", "decoder"):
+        if which not in c.pos:
+            continue
+        key, table = c.pos[which]
+        table = table.detach().float()
+        table = table.reshape(-1, table.shape[-1])
+        width = table.shape[-1]
+        # MAE-style decoders always carry the class token; the encoder only if the source has one
+        has_cls = which == "decoder" or "encoder.cls_token" in c.tensors
+        tried = _split_prefix(table, c.pos_prefix_rows, has_cls, dims)
+        hit = None
+        prefix = tried[0]
+        for p in tried:
+            body = table[p:]
+            if body.shape[0] == 0:
+                continue
+            if bool((body == 0).all()):
+                prefix = p
+                break
+            if _looks_sincos(body):
+                hit = _recognise_sincos(body, dims, SINCOS_EXACT_TOLS) or _recognise_sincos(body, dims, (SINCOS_NEAR_TOL,))
+            if hit is not None:
+                prefix = p
+                break
+        body = table[prefix:]
+        cls_row = table[:prefix]
+        # the class-token row: folded into the class token (encoder); the decoder cannot take it
+        if prefix and bool(cls_row.abs().max() > 0):
+            if which == "encoder" and "encoder.cls_token" in c.tensors:
+                tok = c.tensors["encoder.cls_token"]
+                c.tensors["encoder.cls_token"] = tok + cls_row[0].to(tok.dtype).reshape(tok.shape)
+                c.adapted["encoder.cls_token"] = f"cls_token + {key}[:, 0] (UniMAE adds no position to the class token)"
+            else:
+                report.notes.append(
+                    f"{key} has a non-zero class-token row, which UniMAE's {which} does not add: not transferred"
+                )
+        if bool((body == 0).all()):
+            report.unexpected[key] = "unused: the source used no position embedding (all zeros)"
+            report.notes.append(
+                f"the source {which} had no position embedding; UniMAE adds fixed sin-cos, so outputs differ from the "
+                "source until fine-tuned"
+            )
+            continue
+        if hit is None:
+            report.unexpected[key] = "not transferred: learned position embedding (UniMAE uses fixed sin-cos)"
+            report.notes.append(
+                f"{key} is a learned position embedding, not a sin-cos table: it cannot be loaded into UniMAE's "
+                "fixed sin-cos positions; fine-tune so the model adapts to them"
+            )
+            continue
+        perm, grid, worst = hit
+        exact = worst <= SINCOS_EXACT_TOL
+        drift = "" if exact else f" (learned table close to sin-cos, RMS deviation {worst:.3g}, dropped)"
+        report.unexpected[key] = POS_SINCOS_NOTE + drift
+        if perm != list(range(width)):
+            touched = _permute_stream(c, perm, which)
+            text = f"{which} channels permuted to UniMAE's sin-cos order (exact reparametrisation)"
+            for k in touched:
+                c.adapted[k] = f"{c.adapted[k]}; {text}" if k in c.adapted else text
+            if which == "encoder":
+                report.encoder_permutation = perm
+            else:
+                report.decoder_permutation = perm
+            report.notes.append(
+                f"{key}: sin-cos table of grid {list(grid)} recognised in another channel order; the {which} stream was "
+                f"permuted so it computes exactly what the source computed (output channel i = source channel "
+                f"{which}_permutation[i])"
+            )
+
+
+# -- kernel adaptation ---------------------------------------------------------------------------------
+
+
+def _resize_matrix(n_old: int, n_new: int) -> torch.Tensor:
+    """``(n_new, n_old)`` 1D bicubic antialiased resize (as torch/timm resize a patch along one axis)."""
+    eye = torch.eye(n_old, dtype=torch.float32).reshape(n_old, 1, 1, n_old)
+    out = F.interpolate(eye, size=(1, n_new), mode="bicubic", antialias=True, align_corners=False)
+    return out.reshape(n_old, n_new).T.double()
+
+
+def resample_patch_kernel(weight: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """Resample a patch projection ``(E, C, *p)`` to ``(E, C, *patch_size)`` (FlexiViT pseudo-inverse).
+
+    The new kernel ``w'`` solves ``<resize(x), w'> ~ <x, w>`` for bicubic antialiased resizing, axis by axis
+    (the resize is separable, so this equals timm's ``resample_patch_embed`` in 2D and extends it to 3D).
+    """
+    nd = weight.ndim - 2
+    if len(patch_size) != nd:
+        raise ValueError(f"patch_size {tuple(patch_size)} does not match a {nd}D kernel {tuple(weight.shape)}")
+    out = weight.double()
+    for axis, n_new in zip(range(2, 2 + nd), patch_size):
+        n_old = out.shape[axis]
+        if n_old == n_new:
+            continue
+        pinv = torch.linalg.pinv(_resize_matrix(n_old, int(n_new)))  # (n_old, n_new)
+        out = torch.movedim(torch.movedim(out, axis, -1) @ pinv, -1, axis)
+    return out.to(weight.dtype)
+
+
+def _resize_output(values: torch.Tensor, patch_size: Sequence[int], first_axis: int) -> torch.Tensor:
+    """Resize predicted pixels ``(..., *p, ...)`` (axes from ``first_axis``) to ``patch_size`` (forward resize)."""
+    out = values.double()
+    for i, n_new in enumerate(patch_size):
+        axis = first_axis + i
+        if out.shape[axis] == n_new:
+            continue
+        mat = _resize_matrix(out.shape[axis], int(n_new))  # (n_new, n_old)
+        out = torch.movedim(torch.movedim(out, axis, -1) @ mat.T, -1, axis)
+    return out.to(values.dtype)
+
+
+def _channel_rule(src: int, dst: int) -> str | None:
+    """How ``src`` input channels become ``dst`` (None: no sensible mapping)."""
+    if src == dst:
+        return ""
+    if dst == 1:
+        return f"{src} -> 1 channel by summing the kernels (timm adapt_input_conv)"
+    if dst > src:
+        return f"{src} -> {dst} channels by cycling the kernels, scaled by {src}/{dst} (timm adapt_input_conv)"
+    return None
+
+
+def adapt_patch_weight(
+    weight: torch.Tensor, *, in_chans: int, patch_size: Sequence[int]
+) -> tuple[torch.Tensor, list[str]]:
+    """Adapt a patch projection ``(E, C, *p)`` (2D or 3D) to ``(E, in_chans, *patch_size)``.
+
+    Channels follow timm's ``adapt_input_conv``; the patch is resampled with :func:`resample_patch_kernel`;
+    a 2D kernel for a 3D ``patch_size`` is resampled in-plane and inflated over depth by averaging, so a
+    volume of identical slices embeds like the 2D image. Returns the kernel and what was done; raises
+    ``ValueError`` when no mapping exists (3D -> 2D, or fewer channels other than 1).
+    """
+    src_dims, dst_dims = weight.ndim - 2, len(patch_size)
+    done: list[str] = []
+    e, c = weight.shape[:2]
+    rule = _channel_rule(c, in_chans)
+    if rule is None:
+        raise ValueError(f"no sensible mapping of {c} input channels onto {in_chans}")
+    if src_dims == 3 and dst_dims == 2:
+        raise ValueError("a 3D patch kernel cannot be used by a 2D model")
+    if rule:
+        flat = weight.float().reshape(e, c, -1, weight.shape[-1])  # adapt_input_conv wants 4D
+        flat = adapt_input_conv(in_chans, flat, base_chans=c)
+        weight = flat.reshape(e, in_chans, *weight.shape[2:]).to(weight.dtype)
+        done.append(rule)
+    in_plane = tuple(patch_size[-src_dims:]) if dst_dims > src_dims else tuple(patch_size)
+    if tuple(weight.shape[2:]) != in_plane:
+        old = tuple(weight.shape[2:])
+        weight = resample_patch_kernel(weight, in_plane)
+        done.append(f"patch {list(old)} -> {list(in_plane)} resampled (FlexiViT pseudo-inverse of bicubic resize)")
+    if dst_dims > src_dims:
+        weight = inflate_patch_weight(weight, int(patch_size[0]), mode="average")
+        done.append(f"2D kernel inflated to 3D over depth {patch_size[0]} (averaged)")
+    return weight, done
+
+
+def adapt_pred_weight(
+    weight: torch.Tensor,
+    *,
+    src_chans: int,
+    src_patch: Sequence[int],
+    out_chans: int,
+    patch_size: Sequence[int],
+) -> tuple[torch.Tensor, list[str]]:
+    """Adapt ``decoder_pred`` rows ``(C * P, ...)`` in UniMAE's ``(channel, pixel)`` order to a new target.
+
+    Works for the weight ``(C*P, D)`` and the bias ``(C*P,)``. Channels: ``C -> 1`` averages the channel
+    predictions, ``C -> more`` cycles them; pixels are resized (bicubic) to ``patch_size`` and a 2D patch is
+    repeated over the depth of a 3D one.
+    """
+    tail = tuple(weight.shape[1:])
+    src_patch = tuple(int(p) for p in src_patch)
+    if weight.shape[0] != src_chans * math.prod(src_patch):
+        raise ValueError(f"decoder_pred has {weight.shape[0]} rows, not {src_chans} x {math.prod(src_patch)}")
+    src_dims, dst_dims = len(src_patch), len(patch_size)
+    if src_dims == 3 and dst_dims == 2:
+        raise ValueError("a 3D patch prediction cannot be used by a 2D model")
+    w = weight.reshape(src_chans, *src_patch, *tail)
+    done: list[str] = []
+    if out_chans != src_chans:
+        if out_chans == 1:
+            w = w.mean(0, keepdim=True)
+            done.append(f"{src_chans} -> 1 output channel by averaging the channel predictions")
+        elif out_chans > src_chans:
+            reps = math.ceil(out_chans / src_chans)
+            w = w.repeat(reps, *([1] * (w.ndim - 1)))[:out_chans]
+            done.append(f"{src_chans} -> {out_chans} output channels by cycling the channel predictions")
+        else:
+            raise ValueError(f"no sensible mapping of {src_chans} predicted channels onto {out_chans}")
+    in_plane = tuple(patch_size[-src_dims:]) if dst_dims > src_dims else tuple(patch_size)
+    if src_patch != in_plane:
+        w = _resize_output(w, in_plane, 1)
+        done.append(f"predicted patch {list(src_patch)} -> {list(in_plane)} resized (bicubic)")
+    if dst_dims > src_dims:
+        w = w.unsqueeze(1).expand(w.shape[0], int(patch_size[0]), *w.shape[1:]).contiguous()
+        done.append(f"2D prediction repeated over depth {patch_size[0]}")
+    return w.reshape(-1, *tail).contiguous(), done
+
+
+# -- import ----------------------------------------------------------------------------------------
+
+
+def _resolve_target(model: nn.Module) -> tuple[nn.Module, ViTEncoder, str, list[str]]:
+    """The module to load into, its encoder, the prefix of encoder keys in it, and notes."""
+    notes: list[str] = []
+    model = getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if isinstance(model, ViTEncoder):
+        return model, model, "", notes
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, ViTEncoder):
+        return model, encoder, "encoder.", notes
+    raise TypeError(
+        f"import_weights needs a MaskedAutoencoder, a ViTEncoder or a model with a ViTEncoder `.encoder`; "
+        f"got {type(model).__name__}"
+    )
+
+
+def _reorder_pred(c: _Canon, chans: int, report: ImportReport, layout: str) -> None:
+    """MAE / MONAI predict ``(pixel, channel)`` rows; UniMAE ``(channel, pixel)``."""
+    if c.pred_order != "pixel_channel" or chans <= 1:
+        return
+    for k in ("decoder_pred.weight", "decoder_pred.bias"):
+        if k not in c.tensors:
+            continue
+        v = c.tensors[k]
+        if v.shape[0] % chans:
+            continue
+        c.tensors[k] = v.reshape(v.shape[0] // chans, chans, *v.shape[1:]).transpose(0, 1).reshape(v.shape).contiguous()
+        c.adapted[k] = f"rows reordered from {layout}'s (pixel, channel) to UniMAE's (channel, pixel) order"
+    if layout == "monai":
+        report.notes.append(
+            "MONAI's decoder_pred row order is set by the user's patchify; (voxel, channel) as in MONAI's "
+            "perceptron patch embedding was assumed"
+        )
+
+
+def import_weights(
+    model: nn.Module,
+    source: str | Path | Mapping[str, Any],
+    *,
+    layout: str = "auto",
+    allow_pickle: bool = False,
+) -> ImportReport:
+    """Load foreign or UniMAE weights into ``model`` in place and report what was used.
+
+    Args:
+        model: a :class:`~unimae.core.mae.MaskedAutoencoder`, a :class:`ViTEncoder`, or any model whose
+            ``.encoder`` is a :class:`ViTEncoder` (then only the encoder and, if present, same-named
+            decoder tensors are filled).
+        source: a state dict in memory, a ``.safetensors`` file or (with ``allow_pickle``) a
+            ``.pth/.pt/.bin`` file; nested ``model`` / ``state_dict`` / ``module`` checkpoints and DDP
+            ``module.`` prefixes are unwrapped.
+        layout: ``"auto"`` (from the keys), ``"timm"``, ``"mae"``, ``"monai"`` or ``"unimae"``.
+        allow_pickle: allow torch pickles, read with ``torch.load(weights_only=True)``.
+
+    Returns:
+        An :class:`ImportReport`. The model is modified through ``load_state_dict(strict=False)`` with the
+        converted tensors only: nothing of the wrong shape is ever loaded.
+
+    Raises:
+        InputError: unreadable / refused files, an unrecognised or inconsistent layout, NaN weights.
+    """
+    look_up(layout, LAYOUTS, what="weights layout")
+    target, encoder, enc_prefix, notes = _resolve_target(model)
+    name = None if isinstance(source, Mapping) else Path(source).name
+    sd = read_state_dict(source, allow_pickle=allow_pickle)
+    found = detect_layout(sd)
+    if layout == "auto":
+        layout = found
+    elif (layout == "monai") != (found == "monai"):
+        raise InputError(f"the keys look like the {found} layout, not {layout}", name)
+    report = ImportReport(layout=layout, source=name, notes=notes)
+
+    c = _canon_monai(sd, encoder) if layout == "monai" else _canon_timm_family(sd, layout)
+    report.unexpected.update(c.unused)
+
+    src_w = c.tensors.get("encoder.patch_embed.proj.weight")
+    src_dims = src_w.ndim - 2 if (src_w is not None and not c.spectral) else encoder.spatial_dims
+    src_chans = int(src_w.shape[1]) if (src_w is not None and not c.spectral) else None
+    src_patch = tuple(src_w.shape[2:]) if (src_w is not None and not c.spectral) else None
+    if src_chans is not None:
+        _reorder_pred(c, src_chans, report, layout)
+    _handle_positions(c, report, src_dims)
+    if layout in ("timm", "mae"):
+        report.notes.append(
+            "LayerNorm eps: timm/MAE ViTs use 1e-6, UniMAE's blocks 1e-5, so outputs agree closely but not bit for "
+            "bit (the difference grows for small-norm tokens such as a little-trained class token)"
+        )
+
+    tgt_sd = target.state_dict()
+    tgt_keys = {k: (enc_prefix + k[len("encoder."):] if k.startswith("encoder.") else k) for k in c.tensors}
+    out: dict[str, torch.Tensor] = {}
+    target_spectral = encoder.channel_mode == "spectral"
+    skip_proj: str | None = None
+    proj_skipped = False
+    for ckey in sorted(c.tensors, key=lambda k: k.endswith(".bias")):  # weights before their biases
+        value = c.tensors[ckey]
+        tkey = tgt_keys[ckey]
+        src_key = c.origin.get(ckey, ckey)
+        if tkey not in tgt_sd:
+            why = "target has no class token" if ckey == "encoder.cls_token" else (
+                "decoder weights; the target is an encoder only" if not ckey.startswith("encoder.") and not enc_prefix
+                else "no counterpart in the target model"
+            )
+            if ckey in c.origin:
+                report.unexpected[src_key] = why
+            continue
+        want = tuple(tgt_sd[tkey].shape)
+        desc: list[str] = [c.adapted[ckey]] if ckey in c.adapted else []
+        if ckey.startswith("encoder.patch_embed.proj.") and target_spectral != c.spectral:
+            skip_proj = ("skipped: the target's spectral (wavelength-conditioned) patch embedding has no counterpart "
+                         "in a fixed-channel source") if target_spectral else (
+                         "skipped: a spectral patch embedding cannot fill a fixed-channel target")
+            report.unexpected[src_key] = skip_proj
+            continue
+        if ckey == "encoder.patch_embed.proj.bias" and proj_skipped:
+            report.unexpected[src_key] = "skipped with the patch projection weight"
+            continue
+        if tuple(value.shape) != want and ckey == "encoder.patch_embed.proj.weight" and value.shape[0] == want[0]:
+            try:
+                value, steps = adapt_patch_weight(value, in_chans=want[1], patch_size=want[2:])
+                desc += steps
+            except ValueError as err:
+                report.unexpected[src_key] = f"skipped: {err}"
+                proj_skipped = True
+                continue
+        elif tuple(value.shape) != want and ckey in ("decoder_pred.weight", "decoder_pred.bias") and src_chans is not None:
+            if target_spectral:
+                report.unexpected[src_key] = "skipped: a fixed-channel prediction cannot fill a spectral model's bands"
+                continue
+            try:
+                value, steps = adapt_pred_weight(
+                    value, src_chans=src_chans, src_patch=src_patch, out_chans=encoder.in_chans,
+                    patch_size=encoder.patch_size,
+                )
+                desc += steps
+            except ValueError as err:
+                report.unexpected[src_key] = f"skipped: {err}"
+                continue
+        if tuple(value.shape) != want:
+            report.mismatched[tkey] = (tuple(value.shape), want)
+            continue
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"weights {src_key} contain NaN or Inf values", name)
+        out[tkey] = value.detach()
+        if desc:
+            report.adapted[tkey] = "; ".join(desc)
+
+    inflated = "encoder.patch_embed.proj.weight" in out or "patch_embed.proj.weight" in out
+    if src_w is not None and src_dims == 2 and encoder.spatial_dims == 3 and inflated:
+        report.notes.append(
+            "2D weights in a 3D model: the patch kernel was inflated over depth; the 3D sin-cos positions are "
+            "new to the transformer, fine-tune before use"
+        )
+    if skip_proj is not None and target_spectral:
+        report.notes.append(
+            "spectral target: the patch projection starts fresh while the transformer blocks are imported; "
+            "pretrain or fine-tune the spectral embedding"
+        )
+    if "encoder.norm.weight" not in c.tensors and any(k.startswith("fc_norm.") for k in sd):
+        report.notes.append(
+            "the source is a global-pool fine-tune (fc_norm instead of norm); fc_norm normalises the pooled "
+            "feature and is not mapped onto UniMAE's per-token norm"
+        )
+
+    result = target.load_state_dict(out, strict=False)
+    if result.unexpected_keys:  # cannot happen: every key was checked against the target
+        raise RuntimeError(f"internal error: unexpected keys {result.unexpected_keys[:5]}")
+    report.loaded = [k for k in tgt_sd if k in out]
+    report.missing = [k for k in tgt_sd if k not in out]
+    return report
