@@ -1,0 +1,222 @@
+"""``unimae pretrain``: build the model and data a config describes, then run the engine.
+
+Config sections map 1:1 onto constructor arguments (see :mod:`unimae.core.config`):
+
+``model``
+    :class:`~unimae.core.mae.MaskedAutoencoder` arguments; ``preset`` (micro/tiny/small/base/large)
+    expands :data:`~unimae.core.presets.MODEL_PRESETS` first and explicit keys win. ``channels`` may be
+    a list of ``{name, wavelength}``, a band-preset name the domain resolves (``sentinel2_l1c``), or null
+    (taken from the data). ``spatial_dims`` and, in fixed mode, ``in_chans`` default to the data's.
+``data``
+    ``train`` / ``val`` (a folder or CSV manifest; null = none, ``synthetic`` = the domain's generator;
+    ``train: null`` trains on synthetic data), ``input_size``, ``num_samples`` / ``num_val_samples``
+    (synthetic only), plus any keyword the domain's ``augment``, ``synthetic``, ``read`` or
+    ``preprocess`` takes (e.g. ``window`` for CT, ``crop_scale`` for X-ray and fundus, ``bands``).
+``train``
+    :class:`~unimae.core.engine.TrainConfig` fields.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from unimae.core.config import check_keys
+from unimae.core.engine import TrainConfig, Trainer, seed_everything
+from unimae.core.errors import InputError
+from unimae.core.mae import MaskedAutoencoder
+from unimae.core.presets import model_preset
+
+__all__ = ["DATA_KEYS", "model_keys", "data_keys", "resolve_channels", "build_datasets", "build_model", "pretrain"]
+
+#: data keys handled here (the rest go to the domain plugin)
+DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples")
+_DEFAULT_INPUT = {2: 224, 3: 96}
+_PROTOCOL_ARGS = {"self", "train", "input_size", "n", "seed", "size", "path", "sample", "source", "split", "like", "plugin"}
+
+
+def model_keys() -> list[str]:
+    """``preset`` plus every :class:`MaskedAutoencoder` constructor argument."""
+    params = inspect.signature(MaskedAutoencoder.__init__).parameters
+    return ["preset", *(n for n in params if n != "self")]
+
+
+def _named_params(fn: Callable) -> list[str]:
+    return [
+        n
+        for n, p in inspect.signature(fn).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in _PROTOCOL_ARGS
+    ]
+
+
+def data_keys(plugin: Any) -> list[str]:
+    """:data:`DATA_KEYS` plus the keyword arguments of the plugin's readers, transforms and generator."""
+    from unimae.domains.datasets import local_dataset
+
+    keys = dict.fromkeys(DATA_KEYS)
+    for fn in (plugin.augment, plugin.synthetic, plugin.read, plugin.preprocess, local_dataset):
+        keys.update(dict.fromkeys(_named_params(fn)))
+    return list(keys)
+
+
+def resolve_channels(plugin: Any, value: Any) -> list[dict] | None:
+    """``model.channels`` as ``[{"name", "wavelength"}]``: a list as given, a preset name via the domain, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        fn = getattr(plugin, "preset_channels", None)
+        if fn is None and plugin.name == "multispectral":
+            from unimae.domains.multispectral import preset_channels as fn
+        if fn is None:
+            raise InputError(f"the {plugin.name} domain has no channel presets; give model.channels as a list")
+        return [dict(c) for c in fn(value)]
+    if isinstance(value, (list, tuple)):
+        out = []
+        for c in value:
+            if isinstance(c, str):
+                out.append({"name": c, "wavelength": None})
+            elif isinstance(c, Mapping) and "name" in c:
+                out.append({"name": str(c["name"]), "wavelength": c.get("wavelength")})
+            else:
+                raise InputError(f"model.channels entries must be names or {{name, wavelength}} mappings, got {c!r}")
+        return out
+    raise InputError(f"model.channels must be a preset name, a list or null, got {value!r}")
+
+
+def _is_source(value: Any) -> bool:
+    return value is not None and str(value).strip().lower() not in ("", "none", "null")
+
+
+def build_datasets(plugin: Any, data: Mapping[str, Any], seed: int) -> tuple[Dataset, Dataset | None]:
+    """The training dataset and the optional validation dataset of a ``data`` section."""
+    d = dict(data)
+    train_src = d.pop("train", None)
+    val_src = d.pop("val", None)
+    input_size = d.pop("input_size", _DEFAULT_INPUT[plugin.spatial_dims])
+    num_samples = int(d.pop("num_samples", 256))
+    num_val = int(d.pop("num_val_samples", 64))
+    train_src = train_src if _is_source(train_src) else None
+    common = dict(input_size=input_size, seed=seed, **d)
+    train = plugin.train_dataset(train_src, split="train", num_samples=num_samples, **common)
+    val = None
+    if _is_source(val_src):
+        val = plugin.train_dataset(val_src, split="val", num_samples=num_val, **common)
+    elif train_src is not None and float(d.get("val_fraction") or 0.0) > 0.0:
+        val = plugin.train_dataset(train_src, split="val", num_samples=num_val, **common)
+    return train, val
+
+
+def _first_sample(dataset: Dataset) -> tuple[Any, dict[str, Any]]:
+    """The first training item and the metadata of its source sample (when the dataset exposes it)."""
+    item = dataset[0]
+    samples = getattr(dataset, "samples", None)
+    meta: dict[str, Any] = {}
+    if samples is not None:
+        first = samples[0]
+        meta = dict(getattr(first, "meta", {}) or {})
+    return item, meta
+
+
+def build_model(
+    model: Mapping[str, Any], plugin: Any, *, data_channels: Sequence[Mapping[str, Any]] | None, data_chans: int
+) -> MaskedAutoencoder:
+    """A :class:`MaskedAutoencoder` from the ``model`` section, checked against the data's channels."""
+    m = dict(model)
+    preset = m.pop("preset", "base")
+    channels = resolve_channels(plugin, m.pop("channels", None))
+    kwargs = model_preset(preset) if preset else {}
+    kwargs.update(m)
+    dims = kwargs.setdefault("spatial_dims", plugin.spatial_dims)
+    if dims != plugin.spatial_dims:
+        raise InputError(f"model.spatial_dims is {dims} but {plugin.name} data is {plugin.spatial_dims}D")
+    names = [str(c["name"]) for c in data_channels] if data_channels else None
+    if kwargs.get("channel_mode", "fixed") == "spectral":
+        channels = channels or ([dict(c) for c in data_channels] if data_channels else None)
+        if not channels:
+            raise InputError("model.channel_mode=spectral needs model.channels (a band preset or a list)")
+        known = {c["name"] for c in channels}
+        missing = [n for n in names or [] if n not in known]
+        if missing:
+            raise InputError(f"the data has bands {missing} that model.channels does not list ({sorted(known)})")
+        kwargs["in_chans"] = len(channels)
+    else:
+        chans = kwargs.setdefault("in_chans", data_chans)
+        if chans != data_chans:
+            raise InputError(f"model.in_chans is {chans} but the {plugin.name} data has {data_chans} channel(s)")
+        if channels is None and data_channels and len(data_channels) == chans:
+            channels = [{"name": str(c["name"]), "wavelength": c.get("wavelength")} for c in data_channels]
+    kwargs["channels"] = channels
+    try:
+        return MaskedAutoencoder(**kwargs)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise InputError(f"model: {err}") from None
+
+
+def pretrain(
+    cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run ``unimae pretrain`` for a loaded config (see :func:`unimae.core.config.load_config`).
+
+    Returns the engine's summary ``{"step", "loss", "model", "checkpoint", "out_dir", "rank"}``.
+    """
+    from unimae.core import distributed as du
+    from unimae.domains import get_domain
+
+    if not cfg.get("domain"):
+        raise InputError("the config names no domain (set domain: ct | fundus | xray | multispectral)")
+    plugin = get_domain(str(cfg["domain"]))
+    model_cfg, data_cfg = dict(cfg.get("model") or {}), dict(cfg.get("data") or {})
+    check_keys("model", model_cfg, model_keys())
+    check_keys("data", data_cfg, data_keys(plugin))
+    tcfg = TrainConfig.from_dict(cfg.get("train"))
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if not cfg.get("out_dir"):
+        raise InputError("the config names no out_dir (set out_dir=runs/NAME)")
+    resume = cfg.get("resume", False)
+    if not isinstance(resume, (bool, str)) and resume is not None:
+        raise InputError(f"resume must be true, false or a checkpoint path, got {resume!r}")
+    if isinstance(resume, str):
+        resume = {"true": True, "false": False, "": False}.get(resume.strip().lower(), resume)
+
+    du.init_distributed(tcfg.device)
+    try:
+        seed_everything(seed)  # the same initial weights on every rank
+        train_ds, val_ds = build_datasets(plugin, data_cfg, seed)
+        if len(train_ds) == 0:  # type: ignore[arg-type]
+            raise InputError("the training data is empty")
+        item, meta = _first_sample(train_ds)
+        data_channels = meta.get("channels")
+        model = build_model(model_cfg, plugin, data_channels=data_channels, data_chans=int(item["image"].shape[0]))
+        spectral = model.encoder.channel_mode == "spectral"
+        names = [str(c["name"]) for c in data_channels] if data_channels else None
+        band_names = names if spectral and names and names != [c["name"] for c in model.channels] else None
+        contract = {
+            "domain": plugin.name,
+            "modality": meta.get("modality", plugin.modality),
+            "orientation": meta.get("orientation"),
+            "spatial_dims": model.spatial_dims,
+            "channels": [c for c in model.channels],
+            "data_channels": names,
+            "patch_size": list(model.patch_size),
+            "input_size": list(item["image"].shape[1:]),
+            "normalization": meta.get("normalization", getattr(plugin, "normalization", None)),
+            "preprocess": {k: v for k, v in data_cfg.items() if k in _named_params(plugin.preprocess)},
+            "mask_ratio": model.mask_ratio,
+            "masking": model.masking,
+            "norm_pix": tcfg.norm_pix,
+        }
+        trainer = Trainer(
+            model, train_ds, config=tcfg, out_dir=Path(str(cfg["out_dir"])), val_data=val_ds, seed=seed,
+            contract=contract, resume=resume, run_config=dict(cfg), on_step=on_step, channels=band_names,
+        )  # fmt: skip
+        return trainer.fit()
+    finally:
+        du.cleanup()
