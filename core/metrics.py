@@ -14,7 +14,7 @@ Classification (``targets``: ``(N,)`` class indices, or ``(N, K)`` multi-hot for
     :func:`roc_curve`, and the summary :func:`classification_metrics`.
 Segmentation (label maps of class indices, computed only inside ``valid``)
     :func:`dice_iou`, :func:`label_confusion`, and the summary :func:`segmentation_metrics`
-    (background reported apart from the foreground mean).
+    (a background class 0 is reported apart from the mean; a real class 0, e.g. land-cover water, is not).
 Anomaly
     :func:`auroc` on image scores, :func:`pixel_auroc`, :func:`aupro` / :func:`pro_curve` and the
     streaming :class:`PixelAccumulator` that collects (deterministically subsampled) pixels per case.
@@ -33,7 +33,6 @@ so a perfect detector scores 1 and a random one about ``fpr_limit / 2``.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +42,7 @@ import torch
 __all__ = [
     "to_numpy",
     "to_json",
+    "safe_divide",
     "confusion_matrix",
     "accuracy",
     "balanced_accuracy",
@@ -55,8 +55,10 @@ __all__ = [
     "classification_metrics",
     "dice_iou",
     "label_confusion",
+    "is_background",
     "segmentation_metrics",
     "pixel_auroc",
+    "stratified_subsample",
     "region_labels",
     "pro_curve",
     "aupro",
@@ -120,7 +122,8 @@ def _num_classes(num_classes: int | None, *arrays: np.ndarray) -> int:
     return int(max((int(a.max()) + 1 for a in arrays if a.size), default=0))
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def safe_divide(num: ArrayLike, den: ArrayLike) -> np.ndarray:
+    """Element-wise ``num / den`` as float64, NaN where ``den <= 0`` (an undefined rate, not an error)."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     out = np.full(np.broadcast(num, den).shape, np.nan)
@@ -152,7 +155,7 @@ def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | N
     """Mean recall over the classes present in ``y_true`` (as scikit-learn's ``balanced_accuracy_score``)."""
     cm = confusion_matrix(y_true, y_pred, num_classes)
     support = cm.sum(1)
-    recall = _safe_div(np.diag(cm), support)
+    recall = safe_divide(np.diag(cm), support)
     return _nanmean(recall[support > 0])
 
 
@@ -162,7 +165,7 @@ def f1_scores(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = No
     tp = np.diag(cm).astype(np.float64)
     fp = cm.sum(0) - tp
     fn = cm.sum(1) - tp
-    return _safe_div(2 * tp, 2 * tp + fp + fn)
+    return safe_divide(2 * tp, 2 * tp + fp + fn)
 
 
 def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = None) -> float:
@@ -285,7 +288,8 @@ def classification_metrics(
         probabilities: ``(N, K)`` softmax probabilities (multi-class) or sigmoid probabilities (multi-label).
         targets: ``(N,)`` class indices, or ``(N, K)`` multi-hot when ``multi_label``.
         class_names: names of the ``K`` classes (default ``"0" .. "K-1"``).
-        multi_label: findings are independent; each is thresholded at ``threshold``.
+        multi_label: findings are independent; a finding is called present when its probability is
+            above ``threshold`` (as ``unimae predict`` does).
         threshold: decision threshold of multi-label findings.
         ordinal: whether the class order is a grade order (then ``quadratic_kappa`` is the headline
             agreement). ``None`` computes kappa anyway for multi-class data and says so in ``notes``.
@@ -314,11 +318,11 @@ def classification_metrics(
 
     if multi_label:
         hot = _one_hot_targets(targets, k).astype(bool)
-        pred = p >= threshold
+        pred = p > threshold
         c = _multilabel_counts(hot, pred)
-        sens = _safe_div(c["tp"], c["tp"] + c["fn"])
-        spec = _safe_div(c["tn"], c["tn"] + c["fp"])
-        f1 = _safe_div(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
+        sens = safe_divide(c["tp"], c["tp"] + c["fn"])
+        spec = safe_divide(c["tn"], c["tn"] + c["fp"])
+        f1 = safe_divide(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
         bal = np.where(np.isfinite(sens) & np.isfinite(spec), (sens + spec) / 2, np.nan)
         out.update(
             threshold=float(threshold),
@@ -424,59 +428,77 @@ def label_confusion(pred: ArrayLike, target: ArrayLike, num_classes: int, *, val
     return torch.bincount(t * k + p, minlength=k * k).reshape(k, k).numpy().astype(np.int64)
 
 
+BACKGROUND_NAMES = ("background", "bg", "backgr", "none", "void", "unlabeled", "unlabelled", "normal", "0")
+
+
+def is_background(name: str) -> bool:
+    """True when a class name means "no structure" (``background``, ``none``, ``void`` ...)."""
+    return str(name).strip().lower().replace(" ", "_") in BACKGROUND_NAMES
+
+
 def segmentation_metrics(
     dice: ArrayLike,
     iou: ArrayLike,
     *,
     class_names: Sequence[str],
     confusion: ArrayLike | None = None,
+    background: bool | None = None,
 ) -> dict[str, Any]:
     """Summarise per-case Dice/IoU ``(N, K)`` (from :func:`dice_iou`) as a JSON-ready dict.
 
-    Returns ``dice``/``iou`` per foreground class (mean over the cases where the class is present),
-    ``mean_dice``/``mean_iou`` over the foreground classes (background excluded), ``background``
-    (its Dice and IoU, reported apart), ``cases_with_class``, ``num_cases`` and, given the summed
-    :func:`label_confusion`, ``pooled`` Dice/IoU over all valid pixels of all cases (false positives
+    Args:
+        dice, iou: per case and class, NaN where the class is absent from the case's truth.
+        class_names: the K class names.
+        confusion: the summed :func:`label_confusion` of all cases (adds ``pooled`` scores).
+        background: whether class 0 is a background to leave out of the means; None decides by its name
+            (:func:`is_background`): ``background`` in organ or vessel maps is, ``water`` in a land-cover
+            map is not.
+
+    Returns ``dice``/``iou`` per scored class (mean over the cases where the class is present),
+    ``mean_dice``/``mean_iou`` over them, ``background`` (class 0's Dice and IoU reported apart, or None
+    when class 0 is a real class and is scored with the others), ``cases_with_class``, ``num_cases``
+    and, with ``confusion``, ``pooled`` Dice/IoU over all valid pixels of all cases (false positives
     in cases without the class included). ``notes`` explains nulls.
     """
     d = np.atleast_2d(np.asarray(dice, dtype=np.float64))
     j = np.atleast_2d(np.asarray(iou, dtype=np.float64))
     names = [str(c) for c in class_names]
     k = len(names)
-    if d.shape[1] != k or j.shape != d.shape:
+    if k == 0 or d.shape[1] != k or j.shape != d.shape:
         raise ValueError(f"dice {d.shape} / iou {j.shape} do not match {k} classes")
+    has_bg = is_background(names[0]) if background is None else bool(background)
+    first = 1 if has_bg else 0
     notes: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        dice_mean = np.array([_nanmean(d[:, c]) for c in range(k)])
-        iou_mean = np.array([_nanmean(j[:, c]) for c in range(k)])
+    dice_mean = np.array([_nanmean(d[:, c]) for c in range(k)])
+    iou_mean = np.array([_nanmean(j[:, c]) for c in range(k)])
     present = np.isfinite(d).sum(0)
-    fg = names[1:]
-    for c in range(1, k):
+    scored = names[first:]
+    for c in range(first, k):
         if present[c] == 0:
             notes.append(f"class {names[c]!r} is absent from every case's truth: its Dice/IoU are null")
+    if not has_bg:
+        notes.append(f"class 0 ({names[0]!r}) is a real class, not a background: it is part of the means")
     out: dict[str, Any] = {
         "num_cases": int(d.shape[0]),
         "class_names": names,
-        "dice": dict(zip(fg, dice_mean[1:])),
-        "iou": dict(zip(fg, iou_mean[1:])),
-        "mean_dice": _nanmean(dice_mean[1:]),
-        "mean_iou": _nanmean(iou_mean[1:]),
-        "background": {"name": names[0] if k else None, "dice": dice_mean[0] if k else None,
-                       "iou": iou_mean[0] if k else None},
+        "dice": dict(zip(scored, dice_mean[first:])),
+        "iou": dict(zip(scored, iou_mean[first:])),
+        "mean_dice": _nanmean(dice_mean[first:]),
+        "mean_iou": _nanmean(iou_mean[first:]),
+        "background": {"name": names[0], "dice": dice_mean[0], "iou": iou_mean[0]} if has_bg else None,
         "cases_with_class": dict(zip(names, present)),
         "notes": notes,
-    }  # fmt: skip
+    }
     if confusion is not None:
         cm = np.asarray(confusion, dtype=np.float64)
         tp = np.diag(cm)
         fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
-        pd, pj = _safe_div(2 * tp, 2 * tp + fp + fn), _safe_div(tp, tp + fp + fn)
+        pd, pj = safe_divide(2 * tp, 2 * tp + fp + fn), safe_divide(tp, tp + fp + fn)
         out["pooled"] = {
             "dice": dict(zip(names, pd)),
             "iou": dict(zip(names, pj)),
-            "mean_dice": _nanmean(pd[1:]),
-            "mean_iou": _nanmean(pj[1:]),
+            "mean_dice": _nanmean(pd[first:]),
+            "mean_iou": _nanmean(pj[first:]),
             "pixels": int(cm.sum()),
         }
     return to_json(out)
@@ -485,8 +507,12 @@ def segmentation_metrics(
 # ------------------------------------------------------------------------------------------------
 # anomaly
 # ------------------------------------------------------------------------------------------------
-def _stratified_subsample(labels: np.ndarray, max_pixels: int, seed: int | Sequence[int]) -> np.ndarray | None:
-    """Indices of at most ``max_pixels`` elements, up to half from each of the two classes, or None (all)."""
+def stratified_subsample(labels: np.ndarray, max_pixels: int, seed: int | Sequence[int]) -> np.ndarray | None:
+    """Sorted indices of a seeded subset of at most ``max_pixels`` elements of binary ``labels``.
+
+    Up to half come from each class (the rest from the other when one is smaller); None when
+    ``labels`` already fits (keep everything).
+    """
     if labels.size <= max_pixels:
         return None
     rng = np.random.default_rng(seed)
@@ -514,7 +540,7 @@ def pixel_auroc(
     s = to_numpy(scores).reshape(-1)
     t = _binary_targets(targets)
     if max_pixels is not None:
-        idx = _stratified_subsample(t, int(max_pixels), seed)
+        idx = stratified_subsample(t, int(max_pixels), seed)
         if idx is not None:
             s, t = s[idx], t[idx]
     return auroc(s, t)
@@ -644,7 +670,7 @@ class PixelAccumulator:
         if not np.isfinite(scores).all():
             raise ValueError("anomaly map contains NaN or Inf inside the valid region")
         if self.max_pixels_per_case is not None:
-            idx = _stratified_subsample((regions > 0).astype(np.int8), self.max_pixels_per_case,
+            idx = stratified_subsample((regions > 0).astype(np.int8), self.max_pixels_per_case,
                                         seed=[self.seed, self.num_cases])  # fmt: skip
             if idx is not None:
                 scores, regions = scores[idx], regions[idx]
@@ -689,7 +715,8 @@ def anomaly_metrics(
         scores: ``(N,)`` image anomaly scores.
         labels: ``(N,)`` 0 normal / 1 anomalous.
         pixels: a :class:`PixelAccumulator` of the cases with ground-truth masks (None: no pixel metrics).
-        threshold: the image-score threshold in use; adds sensitivity, specificity and accuracy at it.
+        threshold: the image-score threshold in use (anomalous when ``score > threshold``, as
+            ``unimae predict``); adds sensitivity, specificity and accuracy at it.
         fpr_limit: FPR integration limit of AUPRO.
 
     Returns ``image_auroc``, ``num_samples``, ``num_anomalous``, optionally ``image_threshold`` with
@@ -703,14 +730,14 @@ def anomaly_metrics(
     if not math.isfinite(out["image_auroc"]):
         notes.append("image AUROC is undefined (null): the data are all normal or all anomalous")
     if threshold is not None:
-        pred = s >= float(threshold)
+        pred = s > float(threshold)
         tp, fn = int((pred & (t == 1)).sum()), int((~pred & (t == 1)).sum())
         tn, fp = int((~pred & (t == 0)).sum()), int((pred & (t == 0)).sum())
         out.update(
             image_threshold=float(threshold),
-            sensitivity=float(_safe_div(tp, tp + fn)),
-            specificity=float(_safe_div(tn, tn + fp)),
-            accuracy=float(_safe_div(tp + tn, t.size)),
+            sensitivity=float(safe_divide(tp, tp + fn)),
+            specificity=float(safe_divide(tn, tn + fp)),
+            accuracy=float(safe_divide(tp + tn, t.size)),
         )
     if pixels is not None:
         out.update(

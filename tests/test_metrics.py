@@ -171,6 +171,16 @@ def test_segmentation_metrics_background_apart_and_pooled():
     assert out["cases_with_class"]["lesion"] == 0 and any("lesion" in n for n in out["notes"])
 
 
+def test_segmentation_metrics_real_class_zero_is_scored():
+    dice = np.array([[0.4, 0.8], [0.6, np.nan]])
+    out = M.segmentation_metrics(dice, dice, class_names=["water", "forest"])
+    assert out["background"] is None and out["dice"] == {"water": pytest.approx(0.5), "forest": pytest.approx(0.8)}
+    assert out["mean_dice"] == pytest.approx(0.65)
+    forced = M.segmentation_metrics(dice, dice, class_names=["water", "forest"], background=True)
+    assert forced["mean_dice"] == pytest.approx(0.8) and forced["background"]["dice"] == pytest.approx(0.5)
+    assert M.is_background("Background") and not M.is_background("water")
+
+
 # ------------------------------------------------------------------------------------------------
 # anomaly
 # ------------------------------------------------------------------------------------------------
