@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``unimae`` argument parser (subcommands ``pretrain`` and ``info``)."""
     parser = _Parser(
         prog=PROG,
-        description="UniMAE: masked-autoencoder foundation models for CT, fundus, chest X-ray and multispectral images.",
+        description="UniMAE: masked-autoencoder foundation models for CT, fundus, chest X-ray and multispectral "
+        "images.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -134,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain a masked autoencoder. Overrides are key=value with dotted keys, e.g. "
         "model.preset=tiny train.max_steps=20 data.train=path/to/images out_dir=runs/x resume=true.",
     )
-    p.add_argument("--config", metavar="FILE", help="a YAML config, e.g. configs/fundus/pretrain.yaml (or a domain name)")
+    p.add_argument(
+        "--config", metavar="FILE", help="a YAML config, e.g. configs/fundus/pretrain.yaml (or a domain name)"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_pretrain)
@@ -181,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as err:
         return _error(str(err))
     except KeyboardInterrupt as err:
-        print(f"{PROG}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"{PROG}: {str(err) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -19,6 +19,7 @@ Config sections map 1:1 onto constructor arguments (see :mod:`unimae.core.config
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ __all__ = ["DATA_KEYS", "model_keys", "data_keys", "resolve_channels", "build_da
 #: data keys handled here (the rest go to the domain plugin)
 DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples")
 _DEFAULT_INPUT = {2: 224, 3: 96}
-_PROTOCOL_ARGS = {"self", "train", "input_size", "n", "seed", "size", "path", "sample", "source", "split", "like", "plugin"}
+#: arguments the protocol itself fills in (not config keys)
+_PROTOCOL_ARGS = {"self", "train", "input_size", "n", "seed", "size", "path", "sample", "source", "split", "like",
+                  "plugin"}  # fmt: skip
 
 
 def model_keys() -> list[str]:
@@ -213,6 +216,11 @@ def pretrain(
             "masking": model.masking,
             "norm_pix": tcfg.norm_pix,
         }
+        if tcfg.progress and du.is_main_process():
+            source = f"{data_cfg['train']}" if _is_source(data_cfg.get("train")) else "synthetic data"
+            val = f", validation on {data_cfg['val']}" if val_ds is not None and _is_source(data_cfg.get("val")) else ""
+            print(f"unimae: {plugin.name} pretraining on {source} ({len(train_ds)} samples, "  # type: ignore[arg-type]
+                  f"input {'x'.join(str(s) for s in contract['input_size'])}){val}", file=sys.stderr)  # fmt: skip
         trainer = Trainer(
             model, train_ds, config=tcfg, out_dir=Path(str(cfg["out_dir"])), val_data=val_ds, seed=seed,
             contract=contract, resume=resume, run_config=dict(cfg), on_step=on_step, channels=band_names,

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -386,7 +387,8 @@ class _MetricsLog:
             except ImportError:  # optional dependency
                 SummaryWriter = None  # noqa: N806
             if SummaryWriter is not None:
-                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+                purge = None if resume_step is None else resume_step + 1
+                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
@@ -620,7 +622,9 @@ class Trainer:
         self._make_loaders()
         resume_step = self._resume_or_start()
         self.model = du.wrap_ddp(raw, self.info)
-        self.log = _MetricsLog(self.out_dir, resume_step=resume_step, tensorboard=cfg.tensorboard) if self.is_main else None
+        self.log = None
+        if self.is_main:
+            self.log = _MetricsLog(self.out_dir, resume_step=resume_step, tensorboard=cfg.tensorboard)
         if self.is_main and self.run_config is not None:
             with atomic_path(self.out_dir / "config.yaml") as tmp:
                 tmp.write_text(dump_config(self.run_config))
@@ -628,8 +632,9 @@ class Trainer:
 
     def _loader(self, data: Dataset, *, shuffle: bool, drop_last: bool) -> tuple[DataLoader, _EpochSampler]:
         cfg = self.config
+        info = self.info
         base = DistributedSampler(
-            data, num_replicas=self.info.world_size, rank=self.info.rank, shuffle=shuffle, seed=self.seed, drop_last=drop_last
+            data, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=self.seed, drop_last=drop_last
         )
         sampler = _EpochSampler(base)
         workers = cfg.num_workers
@@ -667,7 +672,7 @@ class Trainer:
     def _pick_preview(self) -> dict[str, torch.Tensor] | None:
         if not self.is_main or self.config.preview_every == 0:
             return None
-        data = self.val_data if self.val_data is not None and len(self.val_data) > 0 else self.train_data  # type: ignore[arg-type]
+        data = self.val_loader.dataset.dataset if self.val_loader is not None else self.train_data
         return _EpochView(data)[(0, 0)]
 
     # -- resume ----------------------------------------------------------------------------------
@@ -751,6 +756,15 @@ class Trainer:
         from tqdm.auto import tqdm
 
         p = self.progress
+        if self.is_main and cfg.progress:
+            n_params = sum(t.numel() for t in self.raw.parameters())
+            start = f"resuming at step {p.step}" if p.step else "starting"
+            print(
+                f"unimae: {start}: {n_params / 1e6:.1f}M parameters on {self.device} ({self.precision}), "
+                f"effective batch {self.effective_batch}, peak lr {self.lr:.3g}, warmup {cfg.warmup()} of "
+                f"{cfg.max_steps} steps; writing to {self.out_dir}",
+                file=sys.stderr,
+            )
         self.pbar = tqdm(
             total=cfg.max_steps, initial=p.step, desc="pretrain", unit="step", dynamic_ncols=True,
             disable=not (self.is_main and cfg.progress),
@@ -798,7 +812,9 @@ class Trainer:
             p.epoch += 1
             p.batches_in_epoch = 0
 
-    def _forward_loss(self, model: nn.Module, batch: Mapping[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def _forward_loss(
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         image = batch["image"].to(self.device, non_blocking=True)
         valid = batch.get("valid")
         valid = valid.to(self.device, non_blocking=True) if valid is not None else None
@@ -862,12 +878,12 @@ class Trainer:
     def _after_step(self, names: list[str], lr: float) -> None:
         cfg, p = self.config, self.progress
         final = p.step == cfg.max_steps
+        now = time.perf_counter()  # samples/s counts training only, not validation, previews or saving
         val_loss = None
         if self.val_loader is not None and cfg.val_every and (p.step % cfg.val_every == 0 or final):
             val_loss = self._validate()
         metrics: dict[str, Any] = {}
         if p.step % cfg.log_every == 0 or final or val_loss is not None:
-            now = time.perf_counter()
             mean = torch.stack(p.window).mean(0).tolist()
             metrics = dict(zip(names, mean))
             metrics.update(
@@ -888,6 +904,7 @@ class Trainer:
             self._preview()
         if p.step % cfg.save_every == 0 and not final:
             self._save()
+        p.window_start += time.perf_counter() - now  # leave the time spent here out of the next rate
         if self.on_step is not None:
             self.on_step(p.step, metrics)
 

@@ -130,7 +130,8 @@ def test_overrides_parse_as_yaml_scalars() -> None:
 
 
 def test_print_config_applies_overrides(capsys) -> None:
-    code, out, _ = run_cli(["pretrain", "--config", "ct", "--print-config", "model.preset=tiny", "train.lr=3e-4"], capsys)
+    args = ["pretrain", "--config", "ct", "--print-config", "model.preset=tiny", "train.lr=3e-4"]
+    code, out, _ = run_cli(args, capsys)
     assert code == 0
     cfg = yaml.safe_load(out)
     assert cfg["model"]["preset"] == "tiny" and cfg["train"]["lr"] == pytest.approx(3e-4)
@@ -141,13 +142,16 @@ def test_print_config_applies_overrides(capsys) -> None:
 # user errors: one line, exit 2
 # ------------------------------------------------------------------------------------------------
 def test_bad_override_key_lists_the_known_keys(tmp_path: Path, capsys) -> None:
-    code, _, err = run_cli(["pretrain", "--config", config_path("fundus"), "train.max_step=2", f"out_dir={tmp_path}"], capsys)
+    def pretrain(domain: str, override: str) -> tuple[int, str, str]:
+        return run_cli(["pretrain", "--config", config_path(domain), override, f"out_dir={tmp_path}"], capsys)
+
+    code, _, err = pretrain("fundus", "train.max_step=2")
     assert_one_line_error(code, err, "unknown train key 'max_step'", "Did you mean 'max_steps'", "batch_size")
-    code, _, err = run_cli(["pretrain", "--config", config_path("fundus"), "model.patch=8", f"out_dir={tmp_path}"], capsys)
+    code, _, err = pretrain("fundus", "model.patch=8")
     assert_one_line_error(code, err, "unknown model key 'patch'", "patch_size")
-    code, _, err = run_cli(["pretrain", "--config", config_path("ct"), "data.windw=lung", f"out_dir={tmp_path}"], capsys)
+    code, _, err = pretrain("ct", "data.windw=lung")
     assert_one_line_error(code, err, "unknown data key 'windw'", "'window'")
-    code, _, err = run_cli(["pretrain", "--config", config_path("ct"), "train.precision=fp16", f"out_dir={tmp_path}"], capsys)
+    code, _, err = pretrain("ct", "train.precision=fp16")
     assert_one_line_error(code, err, "fp16", "bf16")
     code, _, err = run_cli(["pretrain", "--config", config_path("ct"), "max_steps"], capsys)
     assert_one_line_error(code, err, "key=value")

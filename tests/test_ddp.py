@@ -52,7 +52,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
         "config.yaml", "metrics.csv", "model.json", "model.safetensors", "sample_indices.json",
         "previews/step_0000002.png", "previews/step_0000004.png",
         "checkpoints/last.json", "checkpoints/last.safetensors",
-        *(f"checkpoints/step_000000{s}.{ext}" for s in (2, 4) for ext in ("json", "safetensors", "state.json", "state.safetensors")),
+        *(f"checkpoints/step_000000{s}.{ext}" for s in (2, 4)
+          for ext in ("json", "safetensors", "state.json", "state.safetensors")),
     ])  # fmt: skip
 
     # each rank trained on its own shard of the data

@@ -187,7 +187,8 @@ def test_resume_crosses_epochs_and_continues_a_finished_run(tmp_path: Path) -> N
     rows = read_metrics(part / "metrics.csv")
     assert [r["step"] for r in rows] == list(range(1, 9)) and [r["epoch"] for r in rows] == [0] * 6 + [1] * 2
     fn4, fn8 = WarmupCosine(2, 4), WarmupCosine(2, 8)
-    assert [r["lr"] for r in rows] == pytest.approx([1e-3 * fn4(s) for s in range(4)] + [1e-3 * fn8(s) for s in range(4, 8)])
+    expected = [1e-3 * fn4(s) for s in range(4)] + [1e-3 * fn8(s) for s in range(4, 8)]
+    assert [r["lr"] for r in rows] == pytest.approx(expected)
 
 
 def test_checkpoint_files_round_trip_bit_identical(tmp_path: Path) -> None:
@@ -260,15 +261,16 @@ def test_warmup_cosine_schedule_and_its_state_resume(tmp_path: Path) -> None:
 
     # the engine logs that schedule, with lr scaled by the effective batch when train.lr is unset
     out = tmp_path / "run"
-    Trainer(tiny_mae(), Blobs(), config=config(max_steps=6, lr=None, blr=1e-3, warmup_steps=2, accum_steps=2, batch_size=4), out_dir=out).fit()
+    cfg = config(max_steps=6, lr=None, blr=1e-3, warmup_steps=2, accum_steps=2, batch_size=4)
+    Trainer(tiny_mae(), Blobs(), config=cfg, out_dir=out).fit()
     peak = scaled_lr(1e-3, 4 * 2)
     fn = WarmupCosine(2, 6)
     assert [r["lr"] for r in read_metrics(out / "metrics.csv")] == pytest.approx([peak * fn(s) for s in range(6)])
 
 
 def test_no_weight_decay_on_norms_biases_and_tokens() -> None:
-    model = tiny_mae(channel_mode="spectral", in_chans=3, channels=[
-        {"name": "R", "wavelength": 0.665}, {"name": "G", "wavelength": 0.56}, {"name": "B", "wavelength": 0.49}])  # fmt: skip
+    bands = [{"name": "R", "wavelength": 0.665}, {"name": "G", "wavelength": 0.56}, {"name": "B", "wavelength": 0.49}]
+    model = tiny_mae(channel_mode="spectral", in_chans=3, channels=bands)
     groups = param_groups_weight_decay(model, weight_decay=0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
