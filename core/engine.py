@@ -10,9 +10,11 @@ dicts ``{"image": (C, *S) float, "valid": (*S) bool}`` (the domain plugins' ``tr
   where the hardware runs it (:mod:`unimae.core.precision`), DDP under ``torchrun``
   (:mod:`unimae.core.distributed`; each rank reads a different shard, only rank 0 writes).
 
-What a run writes (rank 0 only; every file atomically: temporary file, then rename)::
+What a run writes (rank 0 only; checkpoints, models, previews and ``config.yaml`` atomically: a
+temporary file, then a rename; ``metrics.csv`` is appended and flushed row by row)::
 
     out_dir/
+      config.yaml                       the resolved config of the run (when given one)
       metrics.csv                       step, epoch, loss, pixel, gradient, lr, samples_per_s, time, val_loss
       previews/step_0000500.png         input | masked | reconstruction (middle slice of volumes)
       checkpoints/step_0001000.{safetensors,json}        the model (core.checkpoint format, with contract)
@@ -35,6 +37,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 import warnings
@@ -72,6 +75,7 @@ __all__ = [
 
 METRIC_FIELDS = ("step", "epoch", "loss", "pixel", "gradient", "lr", "samples_per_s", "time", "val_loss")
 STATE_FORMAT = "unimae-train-state"
+_STEP_JSON = re.compile(r"step_(\d+)\.json")
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -83,7 +87,7 @@ class TrainConfig:
     """The ``train`` section of a config: every field is a ``train.<name>=value`` override.
 
     Attributes:
-        max_steps: optimizer steps to run (the run ends there; resuming a finished run does nothing).
+        max_steps: optimizer steps to run; resuming a finished run with a larger value continues it.
         batch_size: samples per process per micro-batch.
         accum_steps: micro-batches accumulated per optimizer step.
         lr: absolute peak learning rate; None scales ``blr`` by the effective batch.
@@ -104,7 +108,7 @@ class TrainConfig:
         val_batches: most validation batches per evaluation.
         save_every: steps between checkpoints (and one at the end).
         keep_last: numbered checkpoints kept on disk (older ones are deleted); 0 keeps all.
-        progress: show a progress bar (rank 0).
+        progress: show a start summary and a progress bar (rank 0).
         tensorboard: also log to ``out_dir/tb`` when tensorboard is installed.
         record_indices: write the sample indices each rank trained on to ``sample_indices.json``.
     """
@@ -181,7 +185,8 @@ class TrainConfig:
 
 
 def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < low:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or int(value) != value or value < low:
         raise InputError(f"train.{name} must be an integer >= {low}, got {value!r}")
     return int(value)
 
@@ -1014,7 +1019,7 @@ class Trainer:
         keep = self.config.keep_last
         if keep <= 0:
             return
-        steps = sorted({int(f.name[5:12]) for f in folder.glob("step_???????.json")})
+        steps = sorted(int(m.group(1)) for f in folder.iterdir() if (m := _STEP_JSON.fullmatch(f.name)))
         for step in steps[:-keep]:
             for f in folder.glob(f"step_{step:07d}.*"):
                 f.unlink(missing_ok=True)

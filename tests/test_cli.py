@@ -80,6 +80,29 @@ def test_pretrain_each_domain_writes_a_loadable_model(domain: str, tmp_path: Pat
         assert model(x)["pred"].shape[2] == n_chans
 
 
+def test_pretrain_on_a_folder_of_user_images_with_validation(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "cxr"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):  # grey PNGs of another size than the model input
+        Image.fromarray((rng.random((80, 72)) * 255).astype(np.uint8), mode="L").save(folder / f"img{i}.png")
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        ["pretrain", "--config", config_path("xray"), "model.preset=micro", f"data.train={folder}",
+         "data.val_fraction=0.25", "data.input_size=32", "train.batch_size=2", "train.max_steps=2",
+         "train.val_every=1", "train.log_every=1", *QUIET, f"out_dir={out}"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["val_loss"] is not None for r in rows)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["config"]["data"]["train"] == str(folder)
+    assert meta["contract"]["normalization"]["kind"] and meta["contract"]["input_size"] == [32, 32]
+
+
 def test_configs_follow_the_domain_recipes() -> None:
     from unimae.domains import get_domain
 
