@@ -237,14 +237,15 @@ def test_info_describes_a_file(tmp_path: Path, capsys) -> None:
 
 
 def test_unknown_command_and_module_entry_point(tmp_path: Path, capsys) -> None:
-    code, _, err = run_cli(["finetune", "--config", "x"], capsys)
-    assert_one_line_error(code, err, "invalid choice")
-    # unimplemented commands are not listed in the help
+    code, _, err = run_cli(["frobnicate", "--config", "x"], capsys)
+    assert_one_line_error(code, err, "invalid choice: 'frobnicate'", "pretrain")
+    code, _, err = run_cli(["pretrain", "--confg", "x"], capsys)
+    assert_one_line_error(code, err, "--confg")
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0
     helptext = capsys.readouterr().out
-    assert "pretrain" in helptext and "info" in helptext and "demo" not in helptext
+    assert "pretrain" in helptext and "info" in helptext
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, "-m", "unimae.apps.cli", "pretrain", "--config", str(tmp_path / "none.yaml")],
