@@ -94,14 +94,20 @@ def _is_source(value: Any) -> bool:
     return value is not None and str(value).strip().lower() not in ("", "none", "null")
 
 
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"data.{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def build_datasets(plugin: Any, data: Mapping[str, Any], seed: int) -> tuple[Dataset, Dataset | None]:
     """The training dataset and the optional validation dataset of a ``data`` section."""
     d = dict(data)
     train_src = d.pop("train", None)
     val_src = d.pop("val", None)
     input_size = d.pop("input_size", _DEFAULT_INPUT[plugin.spatial_dims])
-    num_samples = int(d.pop("num_samples", 256))
-    num_val = int(d.pop("num_val_samples", 64))
+    num_samples = _count("num_samples", d.pop("num_samples", 256))
+    num_val = _count("num_val_samples", d.pop("num_val_samples", 64))
     train_src = train_src if _is_source(train_src) else None
     common = dict(input_size=input_size, seed=seed, **d)
     train = plugin.train_dataset(train_src, split="train", num_samples=num_samples, **common)
