@@ -345,10 +345,14 @@ class _EpochSampler(Sampler):
 
 
 class _EpochView(Dataset):
-    """Index with ``(epoch, index)``: sets the dataset's epoch, returns ``image``, ``valid`` and ``index``."""
+    """Index with ``(epoch, index)``: sets the dataset's epoch, returns ``image``, ``valid``, ``index`` and ``keys``.
 
-    def __init__(self, dataset: Dataset) -> None:
+    ``keys`` are further item keys to pass through when present (e.g. ``label``, ``mask`` for fine-tuning).
+    """
+
+    def __init__(self, dataset: Dataset, keys: Sequence[str] = ()) -> None:
         self.dataset = dataset
+        self.keys = tuple(keys)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -361,8 +365,9 @@ class _EpochView(Dataset):
         if not isinstance(item, Mapping) or "image" not in item:
             raise TypeError(f"training datasets must return dicts with an 'image' tensor, got {type(item).__name__}")
         out = {"image": item["image"], "index": torch.tensor(index)}
-        if item.get("valid") is not None:
-            out["valid"] = item["valid"]
+        for key in ("valid", *self.keys):
+            if item.get(key) is not None:
+                out[key] = item[key]
         return out
 
 
@@ -370,21 +375,24 @@ class _EpochView(Dataset):
 # metrics: CSV (+ TensorBoard)
 # ------------------------------------------------------------------------------------------------
 class _MetricsLog:
-    """Rows of :data:`METRIC_FIELDS` appended to ``metrics.csv`` (flushed per row), plus TensorBoard.
+    """Rows of ``fields`` (default :data:`METRIC_FIELDS`) appended to ``metrics.csv`` (flushed per row), plus TensorBoard.
 
     On resume the rows after the resumed step (logged after the last checkpoint) are dropped first,
     with an atomic rewrite, so the CSV reads as one uninterrupted run.
     """
 
-    def __init__(self, out_dir: Path, *, resume_step: int | None, tensorboard: bool) -> None:
+    def __init__(
+        self, out_dir: Path, *, resume_step: int | None, tensorboard: bool, fields: Sequence[str] = METRIC_FIELDS
+    ) -> None:
         self.path = out_dir / "metrics.csv"
+        self.fields = tuple(fields)
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if int(r["step"]) <= resume_step]
             self._rewrite(kept)
         else:
             self._rewrite([])
         self.file = self.path.open("a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=METRIC_FIELDS)
+        self.writer = csv.DictWriter(self.file, fieldnames=self.fields)
         self.tb = None
         if tensorboard:
             try:
@@ -397,20 +405,20 @@ class _MetricsLog:
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
+        w = csv.DictWriter(buf, fieldnames=self.fields)
         w.writeheader()
-        w.writerows({k: r.get(k, "") for k in METRIC_FIELDS} for r in rows)
+        w.writerows({k: _fmt(r.get(k)) for k in self.fields} for r in rows)
         with atomic_path(self.path) as tmp:
             tmp.write_text(buf.getvalue())
 
     def write(self, row: Mapping[str, Any]) -> None:
-        self.writer.writerow({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
+        self.writer.writerow({k: _fmt(row.get(k)) for k in self.fields})
         self.file.flush()
         if self.tb is not None:
             step = int(row["step"])
-            for k in ("loss", "pixel", "gradient", "lr", "samples_per_s", "val_loss"):
-                if row.get(k) is not None:
-                    self.tb.add_scalar(f"{'val' if k == 'val_loss' else 'train'}/{k}", float(row[k]), step)
+            for k in self.fields:
+                if k not in ("step", "epoch", "time") and row.get(k) is not None:
+                    self.tb.add_scalar(f"{'val' if k.startswith('val_') else 'train'}/{k}", float(row[k]), step)
 
     def close(self) -> None:
         self.file.close()
@@ -427,12 +435,12 @@ def _fmt(value: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.csv`` as dicts of numbers (empty cells -> None; a torn last line is skipped)."""
+    """The rows of a ``metrics.csv`` as dicts of numbers, every column (empty cells -> None; a torn last line is skipped)."""
     rows = []
     with Path(path).open(newline="") as f:
         for raw in csv.DictReader(f):
             try:
-                row = {k: (None if v in ("", None) else float(v)) for k, v in raw.items() if k in METRIC_FIELDS}
+                row = {k: (None if v in ("", None) else float(v)) for k, v in raw.items() if k is not None}
                 row["step"] = int(row["step"])
                 row["epoch"] = int(row["epoch"])
             except (TypeError, ValueError):
@@ -567,6 +575,13 @@ class Trainer:
         on_step: called on every rank after each optimizer step as ``on_step(step, metrics)``.
     """
 
+    #: columns of ``metrics.csv`` (subclasses log their own parts and validation metrics)
+    metric_fields: tuple[str, ...] = METRIC_FIELDS
+    #: item keys besides ``image`` / ``valid`` that training batches carry (fine-tuning: ``label``, ``mask``)
+    batch_keys: tuple[str, ...] = ()
+    #: the progress bar's label
+    progress_desc: str = "pretrain"
+
     def __init__(
         self,
         model: nn.Module,
@@ -620,7 +635,7 @@ class Trainer:
         self.lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, self.effective_batch)
         if cfg.min_lr > self.lr:
             raise InputError(f"train.min_lr ({cfg.min_lr:g}) is above the peak lr ({self.lr:g})")
-        self.optimizer = build_optimizer(param_groups_weight_decay(raw, cfg.weight_decay), self.lr, betas=cfg.betas)
+        self.optimizer = build_optimizer(self._param_groups(raw), self.lr, betas=cfg.betas)
         self.scheduler = build_scheduler(
             self.optimizer, warmup_steps=cfg.warmup(), total_steps=cfg.max_steps, lr=self.lr, min_lr=cfg.min_lr
         )
@@ -629,7 +644,9 @@ class Trainer:
         self.model = du.wrap_ddp(raw, self.info)
         self.log = None
         if self.is_main:
-            self.log = _MetricsLog(self.out_dir, resume_step=resume_step, tensorboard=cfg.tensorboard)
+            self.log = _MetricsLog(
+                self.out_dir, resume_step=resume_step, tensorboard=cfg.tensorboard, fields=self.metric_fields
+            )
         if self.is_main and self.run_config is not None:
             with atomic_path(self.out_dir / "config.yaml") as tmp:
                 tmp.write_text(dump_config(self.run_config))
@@ -647,7 +664,7 @@ class Trainer:
             cpus = os.cpu_count() or 1
             workers = min(8, max(1, cpus // self.info.world_size - 1)) if self.device.type == "cuda" else 0
         loader = DataLoader(
-            _EpochView(data),
+            _EpochView(data, self.batch_keys),
             batch_size=cfg.batch_size,
             sampler=sampler,
             drop_last=drop_last,
@@ -673,6 +690,10 @@ class Trainer:
         if self.val_data is not None and len(self.val_data) > 0:  # type: ignore[arg-type]
             self.val_loader, val_sampler = self._loader(self.val_data, shuffle=False, drop_last=False)
             val_sampler.set_epoch(0)
+
+    def _param_groups(self, raw: nn.Module) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (AdamW weight decay except on norms, biases and tokens)."""
+        return param_groups_weight_decay(raw, self.config.weight_decay)
 
     def _pick_preview(self) -> dict[str, torch.Tensor] | None:
         if not self.is_main or self.config.preview_every == 0:
@@ -728,6 +749,7 @@ class Trainer:
             if self.is_main:
                 print(f"unimae: resuming a {state.get('world_size')}-process run on {self.info.world_size}; "
                       f"starting epoch {p.epoch} afresh")  # fmt: skip
+        self._load_extra_state(state.get("extra") or {})
         if not _restore_rng(state_t, state.get("rng", {}), self.info.rank):
             seed_everything(_mix(self.seed, p.step), self.info.rank)
         return p.step
@@ -771,7 +793,7 @@ class Trainer:
                 file=sys.stderr,
             )
         self.pbar = tqdm(
-            total=cfg.max_steps, initial=p.step, desc="pretrain", unit="step", dynamic_ncols=True,
+            total=cfg.max_steps, initial=p.step, desc=self.progress_desc, unit="step", dynamic_ncols=True,
             disable=not (self.is_main and cfg.progress),
         )  # fmt: skip
         p.window_start = time.perf_counter()
@@ -793,7 +815,7 @@ class Trainer:
         if self.is_main:
             model_json = save_checkpoint(
                 self.out_dir / "model", self.raw, contract=self._contract(), step=p.step, epoch=p.epoch,
-                config=self.run_config,
+                config=self.run_config, **self._checkpoint_meta(),
             )  # fmt: skip
         self._write_indices()
         du.barrier()
@@ -861,7 +883,7 @@ class Trainer:
                     self.indices.extend(int(i) for i in batch["index"])
         except InputError as err:
             raise InputError(f"step {step_index + 1}: {err}") from err
-        names = ["loss", "pixel"] + (["gradient"] if "gradient" in sums else [])
+        names = ["loss", *(k for k in sums if k != "loss")]  # MAE: loss, pixel[, gradient]
         values = du.all_reduce_mean(torch.stack([sums[k] for k in names]))
         lr = max(g["lr"] for g in self.optimizer.param_groups)
         if not bool(torch.isfinite(values).all()):
@@ -884,15 +906,15 @@ class Trainer:
         cfg, p = self.config, self.progress
         final = p.step == cfg.max_steps
         now = time.perf_counter()  # samples/s counts training only, not validation, previews or saving
-        val_loss = None
-        if self.val_loader is not None and cfg.val_every and (p.step % cfg.val_every == 0 or final):
-            val_loss = self._validate()
+        val: dict[str, float] = {}
+        if cfg.val_every and (p.step % cfg.val_every == 0 or final) and self._has_validation():
+            val = self._validation_metrics()
         metrics: dict[str, Any] = {}
-        if p.step % cfg.log_every == 0 or final or val_loss is not None:
+        if p.step % cfg.log_every == 0 or final or val:
             mean = torch.stack(p.window).mean(0).tolist()
             metrics = dict(zip(names, mean))
             metrics.update(
-                step=p.step, epoch=p.epoch, lr=lr, val_loss=val_loss,
+                step=p.step, epoch=p.epoch, lr=lr, **val,
                 samples_per_s=p.window_samples / max(now - p.window_start, 1e-9),
                 time=now - self._session_start,
             )  # fmt: skip
@@ -901,8 +923,9 @@ class Trainer:
             if self.log is not None:
                 self.log.write(metrics)
             post = {"loss": f"{metrics['loss']:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{metrics['samples_per_s']:.1f}"}
-            if val_loss is not None:
-                post["val"] = f"{val_loss:.4f}"
+            if val:
+                name, value = next(iter(val.items()))
+                post[name] = f"{value:.4f}"
             self.pbar.set_postfix(post, refresh=False)
         self.pbar.update(1)
         if self.is_main and cfg.preview_every and (p.step % cfg.preview_every == 0 or final):
@@ -914,6 +937,14 @@ class Trainer:
             self.on_step(p.step, metrics)
 
     # -- evaluation ------------------------------------------------------------------------------
+    def _has_validation(self) -> bool:
+        """Whether :meth:`_validation_metrics` has data to run on."""
+        return self.val_loader is not None
+
+    def _validation_metrics(self) -> dict[str, float]:
+        """The ``val_*`` columns of ``metrics.csv`` at a validation step (pretraining: ``val_loss``)."""
+        return {"val_loss": self._validate()}
+
     @torch.no_grad()
     def _validate(self) -> float:
         """Mean MAE loss over up to ``val_batches`` batches with fixed masks (comparable across steps)."""
@@ -974,6 +1005,17 @@ class Trainer:
         return [by_name.get(n, {"name": n, "wavelength": None}) for n in self.channels]
 
     # -- checkpoints -----------------------------------------------------------------------------
+    def _checkpoint_meta(self) -> dict[str, Any]:
+        """Extra JSON entries of every model checkpoint (fine-tuning: task, classes, metrics)."""
+        return {}
+
+    def _extra_state(self) -> dict[str, Any]:
+        """JSON state a subclass needs to resume exactly (stored in the training-state file)."""
+        return {}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`_extra_state` when resuming."""
+
     def _contract(self) -> dict[str, Any]:
         raw = self.raw
         c = dict(self.contract)
@@ -998,14 +1040,14 @@ class Trainer:
         state_name = f"{name}.state"
         p.elapsed = time.perf_counter() - self._session_start
         extra = dict(step=p.step, epoch=p.epoch, checkpoint=name, train_state=state_name, config=self.run_config)
-        save_checkpoint(folder / name, self.raw, contract=self._contract(), **extra)
+        save_checkpoint(folder / name, self.raw, contract=self._contract(), **extra, **self._checkpoint_meta())
         opt_t, opt_meta = _encode_optimizer(self.optimizer.state_dict())
         rng_t, rng_meta = _encode_rng(states)
         state_meta = {
             "format": STATE_FORMAT, "version": 1, "step": p.step, "epoch": p.epoch,
             "batches_in_epoch": p.batches_in_epoch, "world_size": self.info.world_size, "seed": self.seed,
             "elapsed": p.elapsed, "lr": self.lr, "optimizer": opt_meta, "scheduler": self.scheduler.state_dict(),
-            "rng": rng_meta, "checkpoint": name,
+            "rng": rng_meta, "checkpoint": name, "extra": self._extra_state(),
         }  # fmt: skip
         save_tensors(folder / state_name, {**opt_t, **rng_t}, state_meta)
         _link_or_copy(folder / f"{name}.safetensors", folder / "last.safetensors")
