@@ -1,0 +1,679 @@
+"""MAE training-step throughput: UniMAE's ``MaskedAutoencoder`` against MONAI's ``MaskedAutoEncoderViT``.
+
+Both sides get the same architecture, the same weights (MONAI's initial weights are copied into ours),
+the same input tensors, the same optimiser settings and an MSE loss on the masked patches. A *training
+step* is forward + loss + backward + optimiser step. Both models run in the same process, alternately
+(one step of each variant per round, the order reversed every other round), and after ``--warmup``
+untimed rounds the median of ``--steps`` timed steps gives samples/s.
+
+Settings (issue 2, item 5):
+
+* ``2d``: ViT-B/16 at 224², 3 channels, decoder 512 wide x 8 layers (16 heads);
+* ``3d``: 96³ volumes with 16³ patches, 1 channel, ViT-B encoder, decoder 384 wide x 4 layers (12 heads;
+  MONAI's 3D sin-cos embedding needs widths divisible by 6).
+
+Both: mask ratio 0.75, MLP ratio 4, qkv bias, class token, fixed sin-cos position embeddings, and
+decoders that run over all ``N`` patch tokens plus the class token.
+
+Variants timed per setting:
+
+* ``ours_fp32`` / ``monai_fp32``: fp32 on both sides;
+* ``ours_default``: UniMAE's default training precision, ``resolve_precision("auto")``: bf16 autocast
+  on GPUs and on CPUs with AVX512-BF16/AMX, fp32 elsewhere;
+* ``monai_bf16``: MONAI under ``torch.autocast(bfloat16)``, timed only if one forward/backward under
+  autocast works; otherwise the one-line error is recorded.
+
+Implementation differences that the benchmark is about (architecture is the same on both sides):
+attention (timm's fused ``scaled_dot_product_attention`` vs MONAI's einsum/softmax/einsum), the
+optimiser (``torch.optim.AdamW(fused=True)``, as UniMAE's engine uses, vs the default ``AdamW``, which
+is the for-loop implementation on CPU and ``foreach`` on CUDA), and bf16 autocast that works.
+
+``ratio_fp32 = ours_fp32 / monai_fp32`` and ``ratio_default = ours_default / max(monai_fp32,
+monai_bf16 if it runs)``: UniMAE in its default configuration against the best MONAI can run.
+
+Model FLOPs (for the model-FLOP utilisation reported on CUDA), counted as matmul FLOPs of the
+architecture (identical for both sides), with ``B`` batch, ``N`` patch tokens, ``V`` visible tokens,
+``K = C * prod(patch)`` values per patch, ``E``/``L`` encoder width/depth, ``Ed``/``Ld`` decoder
+width/depth, ``r`` the MLP ratio, ``Te = 1 + V`` and ``Td = 1 + N`` sequence lengths (class token)::
+
+    block(T, D)  = (8 + 4 r) T D^2 + 4 T^2 D          # qkv + proj + MLP, then QK^T and AV
+    forward      = B [ 2 N K E                        # patch embedding (all patches)
+                       + L block(Te, E)               # encoder over visible tokens only
+                       + 2 Te E Ed                    # decoder embedding
+                       + Ld block(Td, Ed)             # decoder over all tokens
+                       + 2 N Ed K ]                   # prediction head
+    step FLOPs   = 3 * forward                        # backward ~ 2x forward ("6 x params x tokens")
+
+MFU = step FLOPs / median step time / peak; the peak is ``--peak-tflops`` or a table of dense bf16
+peaks by GPU name (H100 SXM / H200 989 TFLOP/s, ...). fp32 figures are also divided by the bf16 peak.
+
+Run ``python benchmarks/mae_throughput.py --help``; see ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from unimae.core.losses import mae_loss
+from unimae.core.mae import MaskedAutoencoder, build_mae
+from unimae.core.pos_embed import sincos_pos_embed
+from unimae.core.precision import autocast, cpu_supports_bf16, resolve_precision
+
+MASK_RATIO = 0.75
+LR = 1.5e-4
+BETAS = (0.9, 0.95)
+WEIGHT_DECAY = 0.05
+
+#: dense bf16 peak TFLOP/s by (lower-case) GPU name fragment; the first match wins.
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("h200", 989.0),
+    ("gh200", 989.0),
+    ("h100 pcie", 756.0),
+    ("h100 nvl", 835.0),
+    ("h100", 989.0),  # SXM
+    ("h800", 989.0),
+    ("b200", 2250.0),
+    ("a100", 312.0),
+    ("a800", 312.0),
+    ("l40s", 362.0),
+    ("l40", 181.0),
+    ("l4", 121.0),
+    ("a10", 125.0),
+    ("rtx 4090", 165.0),
+    ("rtx 3090", 71.0),
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark configuration (identical on both sides)."""
+
+    name: str
+    description: str
+    spatial_dims: int
+    in_chans: int
+    img_size: tuple[int, ...]
+    patch: int
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(s // self.patch for s in self.img_size)
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def patch_values(self) -> int:
+        return self.in_chans * self.patch**self.spatial_dims
+
+
+SETTINGS: dict[str, Setting] = {
+    "2d": Setting(
+        name="2d",
+        description="ViT-B/16, 224x224, 3 channels, decoder 512x8 (16 heads)",
+        spatial_dims=2,
+        in_chans=3,
+        img_size=(224, 224),
+        patch=16,
+        decoder_dim=512,
+        decoder_depth=8,
+        decoder_heads=16,
+    ),
+    "3d": Setting(
+        name="3d",
+        description="ViT-B, 96^3 volume, 16^3 patches, 1 channel, decoder 384x4 (12 heads)",
+        spatial_dims=3,
+        in_chans=1,
+        img_size=(96, 96, 96),
+        patch=16,
+        decoder_dim=384,
+        decoder_depth=4,
+        decoder_heads=12,
+    ),
+}
+
+#: default batch sizes: (CPU, CUDA)
+DEFAULT_BATCH = {"2d": (8, 128), "3d": (2, 16)}
+
+
+# -- models ----------------------------------------------------------------------------------------
+def build_ours(s: Setting) -> MaskedAutoencoder:
+    return build_mae(
+        None,
+        spatial_dims=s.spatial_dims,
+        in_chans=s.in_chans,
+        patch_size=s.patch,
+        embed_dim=s.embed_dim,
+        depth=s.depth,
+        num_heads=s.num_heads,
+        mlp_ratio=s.mlp_ratio,
+        decoder_dim=s.decoder_dim,
+        decoder_depth=s.decoder_depth,
+        decoder_heads=s.decoder_heads,
+        mask_ratio=MASK_RATIO,
+    )
+
+
+def build_monai(s: Setting) -> nn.Module:
+    try:
+        import einops  # noqa: F401  (MONAI's attention block needs it)
+    except ImportError as err:
+        raise SystemExit("MONAI's MaskedAutoEncoderViT needs einops: pip install einops") from err
+    from monai.networks.nets import MaskedAutoEncoderViT
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.meshgrid indexing warning inside MONAI
+        return MaskedAutoEncoderViT(
+            in_channels=s.in_chans,
+            img_size=s.img_size,
+            patch_size=s.patch,
+            hidden_size=s.embed_dim,
+            mlp_dim=int(s.embed_dim * s.mlp_ratio),
+            num_layers=s.depth,
+            num_heads=s.num_heads,
+            masking_ratio=MASK_RATIO,
+            decoder_hidden_size=s.decoder_dim,
+            decoder_mlp_dim=int(s.decoder_dim * s.mlp_ratio),
+            decoder_num_layers=s.decoder_depth,
+            decoder_num_heads=s.decoder_heads,
+            proj_type="conv",
+            pos_embed_type="sincos",
+            decoder_pos_embed_type="sincos",
+            spatial_dims=s.spatial_dims,
+            qkv_bias=True,  # as MAE and timm's Block in UniMAE
+        )
+
+
+def monai_to_ours_names(s: Setting) -> dict[str, str]:
+    """MONAI ``MaskedAutoEncoderViT`` parameter name -> UniMAE ``MaskedAutoencoder`` parameter name."""
+    names = {
+        "cls_token": "encoder.cls_token",
+        "patch_embedding.patch_embeddings.weight": "encoder.patch_embed.proj.weight",
+        "patch_embedding.patch_embeddings.bias": "encoder.patch_embed.proj.bias",
+        "mask_tokens": "mask_token",
+    }
+    block = {"norm1": "norm1", "attn.qkv": "attn.qkv", "attn.out_proj": "attn.proj", "norm2": "norm2",
+             "mlp.linear1": "mlp.fc1", "mlp.linear2": "mlp.fc2"}
+    for src, dst, depth, norm in (
+        ("blocks", "encoder.blocks", s.depth, "encoder.norm"),
+        ("decoder_blocks", "decoder_blocks", s.decoder_depth, "decoder_norm"),
+    ):
+        for i in range(depth):
+            for a, b in block.items():
+                for p in ("weight", "bias"):
+                    names[f"{src}.{i}.{a}.{p}"] = f"{dst}.{i}.{b}.{p}"
+        for p in ("weight", "bias"):  # MONAI appends the final LayerNorm to the nn.Sequential
+            names[f"{src}.{depth}.{p}"] = f"{norm}.{p}"
+    for layer in ("decoder_embed", "decoder_pred"):
+        for p in ("weight", "bias"):
+            names[f"{layer}.{p}"] = f"{layer}.{p}"
+    return names
+
+
+def copy_monai_into_ours(s: Setting, monai: nn.Module, ours: nn.Module) -> list[str]:
+    """Copy MONAI's weights into ours (both start identical); returns MONAI's parameters ours lacks.
+
+    Raises if any of our parameters is not covered or a shape differs: the architectures must match.
+    """
+    names = monai_to_ours_names(s)
+    m_params = dict(monai.named_parameters())
+    o_params = dict(ours.named_parameters())
+    mapped = set(names.values())
+    missing = sorted(set(o_params) - mapped)
+    if missing:
+        raise RuntimeError(f"UniMAE parameters with no MONAI counterpart: {missing[:5]}")
+    with torch.no_grad():
+        for src, dst in names.items():
+            a, b = m_params[src], o_params[dst]
+            if a.shape != b.shape:
+                raise RuntimeError(f"shape mismatch {src} {tuple(a.shape)} vs {dst} {tuple(b.shape)}")
+            b.copy_(a)
+    return sorted(set(m_params) - set(names))
+
+
+def monai_patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """MONAI-side target: ``(B, C, *S)`` -> ``(B, N, C * p^d)``, tokens in the row-major order of MONAI's
+    conv patch embedding (``flatten(2)``), values per patch in conv-kernel order ``(c, p1, p2[, p3])``
+    (einops: ``b c (h p1) (w p2) -> b (h w) (c p1 p2)``), the layout ``decoder_pred`` is trained against."""
+    b, c, *spatial = x.shape
+    nd = len(spatial)
+    grid = [sz // patch for sz in spatial]
+    shape = [b, c]
+    for g in grid:
+        shape += [g, patch]
+    x = x.reshape(shape)
+    perm = [0] + [2 + 2 * i for i in range(nd)] + [1] + [3 + 2 * i for i in range(nd)]
+    return x.permute(perm).reshape(b, math.prod(grid), c * patch**nd)
+
+
+def monai_loss(pred: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE per patch, averaged over the masked patches (``mask`` 1 = hidden, as MONAI returns it)."""
+    err = (pred.float() - target.float()).pow(2).mean(-1)
+    w = mask.to(err.dtype)
+    return (err * w).sum() / w.sum().clamp(min=1.0)
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """AdamW groups as in MAE: no weight decay on norms, biases and learned tokens (same rule both sides)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or "token" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    params = list(model.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "trained": sum(p.numel() for p in params if p.grad is not None),  # valid right after a backward
+    }
+
+
+# -- equivalence check -----------------------------------------------------------------------------
+def check_equivalence(s: Setting, ours: MaskedAutoencoder, monai: nn.Module, device: torch.device) -> dict[str, Any]:
+    """One fp32 forward/backward on both sides with identical weights, input and mask.
+
+    MONAI's fixed sin-cos tables order their channels differently (2D: ``[sin w, cos w, sin h, cos h]``
+    vs ours ``[sin h, cos h, sin w, cos w]``; 3D similarly), which changes no FLOP; for this check only,
+    MONAI's tables are temporarily replaced by ours so that both compute the same function.
+    Returns the largest prediction and loss differences and the parameter counts (with "trained" =
+    parameters that received a gradient).
+    """
+    b = 2
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(b, s.in_chans, *s.img_size, generator=gen).to(device)
+    pe = monai.patch_embedding.position_embeddings
+    dpe = monai.decoder_pos_embedding
+    saved = (pe.detach().clone(), dpe.detach().clone())
+    ours.zero_grad(set_to_none=True)
+    monai.zero_grad(set_to_none=True)
+    try:
+        with torch.no_grad():
+            pe.copy_(sincos_pos_embed(s.grid, s.embed_dim, device)[None])
+            dpe.copy_(sincos_pos_embed(s.grid, s.decoder_dim, device)[None])
+        torch.manual_seed(4321)  # MONAI draws its mask from the global RNG
+        pred_m, mask_m = monai(x)
+        loss_m = monai_loss(pred_m, mask_m, monai_patchify(x, s.patch))
+        loss_m.backward()
+        out = ours(x, mask=mask_m.bool())
+        loss_o = mae_loss(out, norm_pix=False)["loss"]
+        loss_o.backward()
+        pred_o = out["pred"].reshape(b, s.num_tokens, -1)
+        result = {
+            "max_abs_pred_diff": float((pred_o - pred_m).detach().abs().max()),
+            "pred_scale": float(pred_m.detach().abs().max()),
+            "loss_ours": float(loss_o.detach()),
+            "loss_monai": float(loss_m.detach()),
+            "params_ours": count_params(ours),
+            "params_monai": count_params(monai),
+        }
+    finally:
+        with torch.no_grad():
+            pe.copy_(saved[0])
+            dpe.copy_(saved[1])
+        ours.zero_grad(set_to_none=True)
+        monai.zero_grad(set_to_none=True)
+    return result
+
+
+# -- steps -----------------------------------------------------------------------------------------
+def bf16_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_ours_step(model: MaskedAutoencoder, opt: torch.optim.Optimizer, precision: str, device: torch.device,
+                   seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)  # masks drawn on the CPU and moved, as in UniMAE's engine
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with autocast(precision, device):
+            out = model(x, generator=gen)
+            loss = mae_loss(out, norm_pix=False)["loss"]
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def make_monai_step(model: nn.Module, opt: torch.optim.Optimizer, bf16: bool, device: torch.device,
+                    patch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def step(x: torch.Tensor) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with bf16_autocast(device) if bf16 else contextlib.nullcontext():
+            pred, mask = model(x)
+            loss = monai_loss(pred, mask, monai_patchify(x, patch))
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def probe_monai_bf16(model: nn.Module, x: torch.Tensor, device: torch.device, patch: int) -> str | None:
+    """One forward/backward of MONAI under bf16 autocast; None if it works, else the error on one line."""
+    model.zero_grad(set_to_none=True)
+    try:
+        with bf16_autocast(device):
+            pred, mask = model(x)
+            loss = monai_loss(pred, mask, monai_patchify(x, patch))
+        loss.backward()
+        if not torch.isfinite(loss):
+            return f"non-finite loss {float(loss)} under bf16 autocast"
+        return None
+    except Exception as err:  # noqa: BLE001 - any failure is the finding we report
+        return f"{type(err).__name__}: {' '.join(str(err).split())}"
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_alternating(
+    variants: dict[str, Callable[[torch.Tensor], Any]],
+    make_input: Callable[[int], torch.Tensor],
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> dict[str, list[float]]:
+    """Round-robin one step per variant per round (order reversed every other round); returns timed seconds."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    for r in range(warmup + steps):
+        x = make_input(r)
+        sync(device)
+        took = {}
+        for name in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            loss = variants[name](x)
+            sync(device)
+            took[name] = time.perf_counter() - t0
+            if not math.isfinite(float(loss)):
+                raise RuntimeError(f"{name}: non-finite loss at round {r + 1}")
+            if r >= warmup:
+                times[name].append(took[name])
+        tag = "warm-up" if r < warmup else "timed"
+        log(f"    round {r + 1}/{warmup + steps} ({tag}): " + ", ".join(f"{k} {took[k]:.3f}s" for k in order))
+    return times
+
+
+# -- FLOPs / MFU -----------------------------------------------------------------------------------
+def step_flops(s: Setting, batch: int) -> float:
+    """Analytic model FLOPs of one training step (see the module docstring)."""
+    n = s.num_tokens
+    v = max(1, int(round(n * (1.0 - MASK_RATIO))))
+    k = s.patch_values
+    te, td = 1 + v, 1 + n
+
+    def block(t: int, d: int) -> float:
+        return (8 + 4 * s.mlp_ratio) * t * d * d + 4 * t * t * d
+
+    fwd = (
+        2 * n * k * s.embed_dim
+        + s.depth * block(te, s.embed_dim)
+        + 2 * te * s.embed_dim * s.decoder_dim
+        + s.decoder_depth * block(td, s.decoder_dim)
+        + 2 * n * s.decoder_dim * k
+    )
+    return 3.0 * batch * fwd
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device).lower()
+    for frag, peak in PEAK_BF16_TFLOPS:
+        if frag in name:
+            return peak
+    return None
+
+
+# -- reporting -------------------------------------------------------------------------------------
+def device_info(device: torch.device, default_precision: str) -> dict[str, Any]:
+    import monai
+    import timm
+
+    info: dict[str, Any] = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "ours_default_precision": default_precision,
+    }
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["name"] = _cpu_name()
+        info["cpu_count"] = os.cpu_count()
+        info["cpu_bf16"] = cpu_supports_bf16()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def optimizer_kind(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> str:
+    if opt.defaults.get("fused"):
+        return "fused"
+    if opt.defaults.get("foreach") is None:
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+
+        _, foreach = _default_to_fused_or_foreach(list(params), False, False)
+        return "foreach (default)" if foreach else "for-loop (default)"
+    return "foreach" if opt.defaults.get("foreach") else "for-loop"
+
+
+def bench_setting(s: Setting, batch: int, args: argparse.Namespace, device: torch.device, default_precision: str,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"[{s.name}] {s.description}, batch {batch}, device {device}")
+    torch.manual_seed(0)
+    monai = build_monai(s).to(device)
+    ours = build_ours(s).to(device)
+    leftovers = copy_monai_into_ours(s, monai, ours)
+    check = check_equivalence(s, ours, monai, device)
+    po, pm = check["params_ours"], check["params_monai"]
+    log(f"  parameters      ours {po['total']:,} total / {po['trainable']:,} trainable / {po['trained']:,} trained")
+    log(f"                  MONAI {pm['total']:,} total / {pm['trainable']:,} trainable / {pm['trained']:,} trained")
+    log(f"  MONAI-only parameters: {_summarise(leftovers, monai)}")
+    log(f"  equivalence (fp32, same weights/input/mask): max |pred diff| {check['max_abs_pred_diff']:.2e} "
+        f"(|pred| up to {check['pred_scale']:.2f}), loss {check['loss_ours']:.6f} vs {check['loss_monai']:.6f}")
+
+    opt_ours = torch.optim.AdamW(param_groups(ours), lr=LR, betas=BETAS, fused=True)
+    opt_monai = torch.optim.AdamW(param_groups(monai), lr=LR, betas=BETAS)
+    data_gen = torch.Generator().manual_seed(2024)
+    shape = (batch, s.in_chans, *s.img_size)
+    inputs = [torch.randn(shape, generator=data_gen).to(device) for _ in range(2)]
+
+    def make_input(r: int) -> torch.Tensor:
+        return inputs[r % 2]
+
+    monai_bf16_error = probe_monai_bf16(monai, inputs[0], device, s.patch)
+    log("  MONAI under bf16 autocast: " + ("works" if monai_bf16_error is None else f"fails: {monai_bf16_error}"))
+
+    variants: dict[str, Callable[[torch.Tensor], Any]] = {
+        "ours_fp32": make_ours_step(ours, opt_ours, "fp32", device, seed=1),
+        "monai_fp32": make_monai_step(monai, opt_monai, False, device, s.patch),
+    }
+    if default_precision != "fp32":
+        variants["ours_default"] = make_ours_step(ours, opt_ours, default_precision, device, seed=2)
+    if monai_bf16_error is None:
+        variants["monai_bf16"] = make_monai_step(monai, opt_monai, True, device, s.patch)
+    times = run_alternating(variants, make_input, args.warmup, args.steps, device, log)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    sps = {k: batch / t for k, t in med.items()}
+    if "ours_default" not in sps:  # default precision is fp32 on this machine
+        sps["ours_default"], med["ours_default"] = sps["ours_fp32"], med["ours_fp32"]
+    monai_best = max(sps["monai_fp32"], sps.get("monai_bf16", 0.0))
+    result: dict[str, Any] = {
+        "name": s.name,
+        "ours_fp32": round(sps["ours_fp32"], 3),
+        "ours_default": round(sps["ours_default"], 3),
+        "monai_fp32": round(sps["monai_fp32"], 3),
+        "ratio_fp32": round(sps["ours_fp32"] / sps["monai_fp32"], 3),
+        "ratio_default": round(sps["ours_default"] / monai_best, 3),
+        "monai_bf16": round(sps["monai_bf16"], 3) if "monai_bf16" in sps else None,
+        "monai_bf16_runs": monai_bf16_error is None,
+        "monai_bf16_error": monai_bf16_error,
+        "ours_default_precision": default_precision,
+        "description": s.description,
+        "batch": batch,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "median_step_s": {k: round(v, 4) for k, v in med.items()},
+        "step_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
+        "optimizer": {"ours": optimizer_kind(opt_ours, list(ours.parameters())),
+                      "monai": optimizer_kind(opt_monai, list(monai.parameters()))},
+        "params": {"ours": po, "monai": pm, "monai_only": _summarise(leftovers, monai)},
+        "equivalence": {k: check[k] for k in ("max_abs_pred_diff", "pred_scale", "loss_ours", "loss_monai")},
+        "step_gflop": round(step_flops(s, batch) / 1e9, 1),
+        "achieved_gflop_per_s": {k: round(step_flops(s, batch) / 1e9 / t, 1) for k, t in med.items()},
+    }
+    peak = peak_tflops(device, args.peak_tflops)
+    if peak is not None:
+        flops = step_flops(s, batch)
+        result["peak_tflops"] = peak
+        result["mfu"] = {k: round(flops / t / (peak * 1e12), 4) for k, t in med.items()}
+    del opt_ours, opt_monai, ours, monai, variants
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def _summarise(names: list[str], model: nn.Module) -> str:
+    params = dict(model.named_parameters())
+    groups: dict[str, list[int]] = {}
+    for n in names:
+        key = "norm_cross_attn (unused LayerNorms)" if "norm_cross_attn" in n else n
+        groups.setdefault(key, []).append(params[n].numel())
+    return "; ".join(
+        f"{k}: {sum(v):,}" + ("" if params.get(k) is None or params[k].requires_grad else " (frozen sin-cos table)")
+        for k, v in groups.items()
+    ) or "none"
+
+
+def format_table(configs: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    head = (f"device: {info['name']} ({info['device']}, {info['threads']} threads), torch {info['torch']}, "
+            f"timm {info['timm']}, monai {info['monai']}; ours_default = {info['ours_default_precision']}")
+    cols = ["setting", "batch", "ours_fp32", "monai_fp32", "ratio_fp32", "ours_default", "monai_bf16",
+            "ratio_default"]
+    rows = []
+    for c in configs:
+        rows.append([
+            c["name"], str(c["batch"]), f"{c['ours_fp32']:.2f}", f"{c['monai_fp32']:.2f}", f"{c['ratio_fp32']:.2f}x",
+            f"{c['ours_default']:.2f}", "error" if c["monai_bf16"] is None else f"{c['monai_bf16']:.2f}",
+            f"{c['ratio_default']:.2f}x",
+        ])
+    widths = [max(len(cols[i]), *(len(r[i]) for r in rows)) for i in range(len(cols))]
+    line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))  # noqa: E731
+    out = [head, "throughput in samples/s (median step); ratio_default uses the best MONAI figure", line(cols),
+           line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    for c in configs:
+        if c["monai_bf16_error"]:
+            out.append(f"{c['name']}: MONAI under bf16 autocast fails: {c['monai_bf16_error']}")
+        if "mfu" in c:
+            mfu = ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["mfu"].items())
+            out.append(f"{c['name']}: MFU vs {c['peak_tflops']:.0f} TFLOP/s bf16 peak "
+                       f"({c['step_gflop']:.0f} GFLOP/step): {mfu}")
+    return "\n".join(out)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", default="2d,3d", help="comma-separated: 2d, 3d (default: both)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant, at least 5 (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up rounds (default 2)")
+    p.add_argument("--batch-2d", type=int, default=None, help="2D batch (default 8 on CPU, 128 on CUDA)")
+    p.add_argument("--batch-3d", type=int, default=None, help="3D batch (default 2 on CPU, 16 on CUDA)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak dense bf16 TFLOP/s for MFU (default: a table by GPU name; CUDA only)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout (progress and the table on stderr)")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.settings.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown or not names:
+        p.error(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+    args.settings = names
+    if args.steps < 5:
+        p.error("--steps must be at least 5 (the median of at least 5 timed steps)")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    for name in ("batch_2d", "batch_3d", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    default_precision = resolve_precision("auto", device)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    info = device_info(device, default_precision)
+    log(f"device: {info['name']} ({device}), {info['threads']} threads, ours_default = {default_precision}")
+    gpu = device.type == "cuda"
+    batches = {"2d": args.batch_2d or DEFAULT_BATCH["2d"][gpu], "3d": args.batch_3d or DEFAULT_BATCH["3d"][gpu]}
+    configs = [bench_setting(SETTINGS[n], batches[n], args, device, default_precision, log) for n in args.settings]
+    log("")
+    log(format_table(configs, info))  # on stderr with --json, so stdout stays pure JSON
+    if args.json:
+        print(json.dumps({"device": info, "configs": configs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
