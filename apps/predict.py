@@ -529,6 +529,7 @@ class Predictor:
             return seg
 
         k, sigma = int(self.anomaly.get("k", 4)), self.anomaly.get("sigma")
+        norm_pix = bool(self.anomaly.get("norm_pix", True))  # the target the MAE was trained with
 
         def amap(xv: torch.Tensor) -> torch.Tensor:
             x, v = xv[:, :-1], xv[:, -1] > 0.5
@@ -537,7 +538,8 @@ class Predictor:
             if bool(ok.any()):
                 idx = ok.nonzero()[:, 0]
                 gen = torch.Generator(device=x.device).manual_seed(0)  # the same mask partition for every window
-                m = anomaly_map(self.model, x[idx], valid=v[idx], channels=channels, k=k, sigma=sigma, generator=gen)
+                m = anomaly_map(self.model, x[idx], valid=v[idx], channels=channels, k=k, sigma=sigma,
+                                norm_pix=norm_pix, generator=gen)  # fmt: skip
                 out[idx, 0] = m.float()
             return out
 
