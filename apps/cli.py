@@ -6,11 +6,17 @@ Usage::
     unimae pretrain --config fundus model.preset=tiny train.max_steps=20 out_dir=runs/try
     unimae pretrain --config configs/ct/pretrain.yaml --print-config      # resolved config, no run
     torchrun --nproc_per_node 4 -m unimae.apps.cli pretrain --config configs/ct/pretrain.yaml
+    unimae finetune --config configs/fundus/segment.yaml init=runs/fundus/model [key=value ...]
+    unimae finetune --config xray/classify data.train=cxr/train.csv data.val=cxr/val.csv train.mode=linear
+    unimae evaluate --checkpoint runs/fundus-segment/best --data synthetic --out eval/fundus
+    unimae predict --checkpoint runs/fundus-segment/best --input photos/ --output results/
     unimae info scan.nii.gz [--json] [--domain ct]
 
 Stable override keys: ``out_dir``, ``model.preset``, ``train.max_steps``, ``train.batch_size``,
 ``train.lr``, ``train.precision``, ``data.train``, ``data.val``, ``resume`` (see
-:mod:`unimae.core.config` for the grammar and the section keys).
+:mod:`unimae.core.config` for the grammar and the section keys); ``finetune`` adds ``init``,
+``init_allow_pickle``, ``train.mode``, ``train.layer_decay``, ``train.class_weights`` and the
+``anomaly`` section (see :mod:`unimae.apps.finetune`).
 
 Errors in what the user gave (a bad file, option, override or config) print one line,
 ``unimae: error: <message>``, and exit with status 2; Ctrl-C during training saves a checkpoint and exits
@@ -61,6 +67,9 @@ def _config_roots() -> list[Path]:
     return out
 
 
+FINETUNE_STAGES = ("classify", "segment", "anomaly")
+
+
 def bundled_configs(stage: str = "pretrain") -> dict[str, Path]:
     """``{domain: configs/<domain>/<stage>.yaml}`` for the configs shipped with UniMAE."""
     found: dict[str, Path] = {}
@@ -91,6 +100,23 @@ def _resolve_config(value: str | None, stage: str) -> Path:
     raise InputError(f"config file {value} not found; available configs: {listing}")
 
 
+def _resolve_finetune_config(value: str | None) -> Path:
+    """``--config`` as a path, or a bundled config named ``DOMAIN/TASK`` (``--config fundus/segment``)."""
+    found = [p for stage in FINETUNE_STAGES for p in bundled_configs(stage).values()]
+    listing = ", ".join(sorted(_show(p) for p in found)) or "none found"
+    if not value:
+        raise InputError(f"finetune needs --config FILE; available configs: {listing}")
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    domain, _, task = value.strip("/").partition("/")
+    if task in FINETUNE_STAGES and not path.suffix:
+        bundled = bundled_configs(task).get(domain)
+        if bundled is not None:
+            return bundled
+    raise InputError(f"config file {value} not found; available configs: {listing}")
+
+
 # ------------------------------------------------------------------------------------------------
 # commands
 # ------------------------------------------------------------------------------------------------
@@ -112,6 +138,31 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from unimae.apps.finetune import dump_finetune_config, load_finetune_config
+
+    path = _resolve_finetune_config(args.config)
+    cfg = load_finetune_config(path, args.overrides)
+    if args.print_config:
+        print(dump_finetune_config(cfg), end="")
+        return 0
+    from unimae.apps.finetune import finetune
+
+    result = finetune(cfg)
+    if result.get("rank", 0) == 0:
+        best = result.get("best_value")
+        best_txt = (
+            f"; best {result['monitor']} {best:.4f} at step {result['best_step']}" if isinstance(best, float) else ""
+        )
+        print(f"{PROG}: fine-tuned {cfg.get('domain')} {result['task']} for {result['step']} steps{best_txt}")
+        thr = result.get("anomaly") or {}
+        if thr.get("image_threshold") is not None:
+            print(f"{PROG}: anomaly thresholds at {thr['fpr']:g} false positives on normal validation images: "
+                  f"image {thr['image_threshold']:.4g}, pixel {thr['pixel_threshold']:.4g}")  # fmt: skip
+        print(f"{PROG}: best model: {result['best']}; final model: {result['model']}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from unimae.domains.datasets import describe, format_description
 
@@ -121,7 +172,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``unimae`` argument parser (subcommands ``pretrain`` and ``info``)."""
+    """The ``unimae`` argument parser (subcommands ``pretrain``, ``finetune``, ``evaluate``, ``predict``, ``info``)."""
     parser = _Parser(
         prog=PROG,
         description="UniMAE: masked-autoencoder foundation models for CT, fundus, chest X-ray and multispectral "
@@ -142,6 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_pretrain)
 
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a classifier, a segmenter or an anomaly detector from a config",
+        description="Fine-tune on a task (classify, segment, anomaly) from a config such as "
+        "configs/fundus/segment.yaml. Overrides are key=value with dotted keys, e.g. init=runs/fundus/model "
+        "train.mode=linear data.train=path/to/data data.val=path/to/val out_dir=runs/x. Without data.train the "
+        "domain's synthetic labelled data are used. Writes OUT/best.{safetensors,json} (best by the validation "
+        "metric), OUT/model.*, OUT/learning_curve.png and OUT/metrics.csv.",
+    )
+    p.add_argument("--config", metavar="FILE", help="a YAML config, e.g. configs/fundus/segment.yaml (or fundus/segment)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=_cmd_finetune)
+
+    from unimae.apps.evaluate import add_evaluate_parser
+    from unimae.apps.predict import add_predict_parser
+
+    add_evaluate_parser(sub)
+    add_predict_parser(sub)
+
     p = sub.add_parser("info", help="describe an image file as UniMAE reads it", description="Describe a file: "
                        "shape, spacing, channels, geometry, value range (never patient fields).")  # fmt: skip
     p.add_argument("file", help="an image file or DICOM series folder")
@@ -149,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default=None, help="the domain to read it as (default: guessed)")
     p.set_defaults(func=_cmd_info)
 
-    # Later issues add: finetune, evaluate, predict, app, demo. They are not listed until they work.
+    # Later issues add: app, demo. They are not listed until they work.
     return parser
 
 
