@@ -75,10 +75,8 @@ Each checkpoint JSON carries ``task``, ``domain``, ``class_names``, ``multi_labe
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import math
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,12 +87,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from unimae.core import distributed as du
 from unimae.core import metrics as M
 from unimae.core.anomaly import anomaly_map, calibrate_threshold, image_scores
-from unimae.core.checkpoint import checkpoint_paths, read_checkpoint_meta, save_checkpoint, save_tensors
+from unimae.core.checkpoint import checkpoint_paths, read_checkpoint_meta, save_checkpoint
 from unimae.core.config import SECTIONS as BASE_SECTIONS
 from unimae.core.config import TOP_LEVEL_KEYS as BASE_TOP_LEVEL
 from unimae.core.config import check_keys, parse_value
@@ -108,7 +106,7 @@ from unimae.core.optim import param_groups_layer_decay, param_groups_weight_deca
 from unimae.core.patch_embed import to_tuple
 from unimae.core.precision import autocast
 from unimae.core.presets import model_preset
-from unimae.domains.base import DomainPlugin, Sample, TrainingView, _kw_for
+from unimae.domains.base import DomainPlugin, Sample, _kw_for
 
 __all__ = [
     "TASKS",
@@ -179,7 +177,8 @@ class FinetuneConfig(TrainConfig):
         mode: ``"full"`` (train everything) or ``"linear"`` (freeze the encoder: a linear probe for
             classification; segmentation still trains its decoder, anomaly its MAE decoder).
         layer_decay: layer-wise lr decay (block ``i`` of ``L`` gets ``layer_decay ** (L + 1 - i)`` of the
-            lr, the head the full lr); None or 1.0 = one lr for all.
+            lr, the head the full lr); None or 1.0 = one lr for all. Unset in a config: the domain's
+            fine-tuning recipe (``plugin.recipes["finetune"]["layer_decay"]``), none for anomaly.
         class_weights: ``"none"``, ``"auto"`` (inverse class frequency of the training labels: exact
             from a manifest / class folders, estimated from the first ``class_weight_samples`` items
             otherwise; multi-label: BCE ``pos_weight = negatives / positives``; segmentation: inverse
@@ -455,8 +454,8 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
         raise InputError(str(err)) from None
     if any(int(s) < 1 for s in size):
         raise InputError(f"data.input_size must be positive, got {input_size!r}")
-    num_samples = int(d.pop("num_samples", 256))
-    num_val = int(d.pop("num_val_samples", 64))
+    num_samples = _count("num_samples", d.pop("num_samples", 256))
+    num_val = _count("num_val_samples", d.pop("num_val_samples", 64))
     val_lp = d.pop("val_lesion_prob", None)
     names_given = d.pop("class_names", None)
     if names_given is not None and not isinstance(names_given, (list, tuple)):
@@ -1284,6 +1283,33 @@ def _bool(name: str, value: Any) -> bool:
     raise InputError(f"{name} must be true or false, got {value!r}")
 
 
+def _anomaly_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``anomaly`` section, checked: ``k`` >= 2, ``sigma`` >= 0 or null, ``top_fraction`` in (0, 1], ``fpr`` in (0, 1)."""
+    a = {**ANOMALY_DEFAULTS, **dict(values)}
+
+    def num(key: str) -> float:
+        v = a[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"anomaly.{key} must be a number, got {v!r}")
+        return float(v)
+
+    if isinstance(a["k"], bool) or not isinstance(a["k"], int) or a["k"] < 2:
+        raise InputError(f"anomaly.k must be an integer >= 2, got {a['k']!r}")
+    if not 0.0 < num("fpr") < 1.0:
+        raise InputError(f"anomaly.fpr must be in (0, 1), got {a['fpr']!r}")
+    if not 0.0 < num("top_fraction") <= 1.0:
+        raise InputError(f"anomaly.top_fraction must be in (0, 1], got {a['top_fraction']!r}")
+    if a["sigma"] is not None and num("sigma") < 0:
+        raise InputError(f"anomaly.sigma must be >= 0 or null, got {a['sigma']!r}")
+    return a
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"data.{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _rewrite_json(path: Path, update: Mapping[str, Any]) -> None:
     """Update a checkpoint's JSON in place (atomically); its tensors are unchanged."""
     import json
@@ -1319,15 +1345,11 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
     check_keys("anomaly", anomaly_cfg, ANOMALY_KEYS)
     if anomaly_cfg and task != "anomaly":
         raise InputError(f"the anomaly section only applies to task anomaly, not {task}")
-    anomaly = {**ANOMALY_DEFAULTS, **anomaly_cfg}
-    if task == "anomaly":
-        if isinstance(anomaly["k"], bool) or not isinstance(anomaly["k"], int) or anomaly["k"] < 2:
-            raise InputError(f"anomaly.k must be an integer >= 2, got {anomaly['k']!r}")
-        if not 0.0 < float(anomaly["fpr"]) < 1.0:
-            raise InputError(f"anomaly.fpr must be in (0, 1), got {anomaly['fpr']!r}")
-        if not 0.0 < float(anomaly["top_fraction"]) <= 1.0:
-            raise InputError(f"anomaly.top_fraction must be in (0, 1], got {anomaly['top_fraction']!r}")
-    tcfg = FinetuneConfig.from_dict(cfg.get("train"))
+    anomaly = _anomaly_settings(anomaly_cfg)
+    train_cfg = dict(cfg.get("train") or {})
+    # unset layer decay: the domain's fine-tuning recipe (e.g. X-ray 0.55); anomaly keeps the MAE's single lr
+    train_cfg.setdefault("layer_decay", None if task == "anomaly" else plugin.recipes.get("finetune", {}).get("layer_decay"))
+    tcfg = FinetuneConfig.from_dict(train_cfg)
     seed = cfg.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
