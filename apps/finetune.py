@@ -106,7 +106,7 @@ from unimae.core.optim import param_groups_layer_decay, param_groups_weight_deca
 from unimae.core.patch_embed import to_tuple
 from unimae.core.precision import autocast
 from unimae.core.presets import model_preset
-from unimae.domains.base import DomainPlugin, Sample, _kw_for
+from unimae.domains.base import DomainPlugin, Sample, kwargs_for
 
 __all__ = [
     "TASKS",
@@ -511,7 +511,7 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     # validation samples (model space, full size)
     val: Dataset | None = None
     val_source: str | None = None
-    syn_kw = _kw_for(plugin.synthetic, d)
+    syn_kw = kwargs_for(plugin.synthetic, d)
     if (train_src is None and not _is_source(val_src)) or _is_synthetic(val_src):
         lp = val_lp if task == "anomaly" else train_lp
         val = plugin.synthetic(
@@ -552,7 +552,7 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
         val = None
 
     first = samples[0]
-    eval_transform = plugin.augment(train=False, input_size=input_size, **_kw_for(plugin.augment, d))
+    eval_transform = plugin.augment(train=False, input_size=input_size, **kwargs_for(plugin.augment, d))
     return FinetuneData(
         train=train, val=val, eval_transform=eval_transform, class_names=[str(c) for c in class_names],
         multi_label=multi_label, input_size=tuple(int(s) for s in size),

@@ -86,6 +86,9 @@ class MAEClassifier(nn.Module):
             tv = None  # a sample with no valid token: fall back to all tokens rather than divide by zero
         return self.head(out["tokens"], self.encoder.num_prefix_tokens, tv)
 
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
+
 
 @register_model_class
 class MAESegmenter(nn.Module):
@@ -151,6 +154,9 @@ class MAESegmenter(nn.Module):
         logits = self.decoder(padded, feats)
         crop = tuple(slice(0, s) for s in x.shape[2:])
         return logits[(..., *crop)]
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
 
 def load_encoder_from_mae(model: nn.Module, mae_state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -54,6 +54,7 @@ __all__ = [
     "max_pixels",
     "check_pixel_limit",
     "channel_list",
+    "kwargs_for",
 ]
 
 DEFAULT_MAX_PIXELS = 2**28  # spatial elements (~268 M): a decompression-bomb guard
@@ -250,7 +251,7 @@ class DomainPlugin(ABC):
 
         Plugins therefore keep the keyword names of ``read`` and ``preprocess`` distinct.
         """
-        return self.preprocess(self.read(path, **_kw_for(self.read, kwargs)), **_kw_for(self.preprocess, kwargs))
+        return self.preprocess(self.read(path, **kwargs_for(self.read, kwargs)), **kwargs_for(self.preprocess, kwargs))
 
     def train_dataset(
         self,
@@ -268,10 +269,10 @@ class DomainPlugin(ABC):
         val differ); otherwise ``source`` is a folder or a CSV manifest read through this plugin.
         """
         train = split == "train"
-        transform = self.augment(train=train, input_size=input_size, **_kw_for(self.augment, kwargs))
+        transform = self.augment(train=train, input_size=input_size, **kwargs_for(self.augment, kwargs))
         if source is None or str(source).lower() in ("", "none", "null", "synthetic"):
             split_seed = seed if train else seed + 100_003
-            samples = self.synthetic(num_samples, seed=split_seed, size=input_size, **_kw_for(self.synthetic, kwargs))
+            samples = self.synthetic(num_samples, seed=split_seed, size=input_size, **kwargs_for(self.synthetic, kwargs))
         else:
             from unimae.domains.datasets import local_dataset
 
@@ -279,7 +280,7 @@ class DomainPlugin(ABC):
         return TrainingView(samples, transform, seed=seed)
 
 
-def _kw_for(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+def kwargs_for(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The subset of ``kwargs`` that ``fn`` accepts by name (all of them if it takes ``**kwargs``)."""
     import inspect
 

@@ -62,7 +62,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError
-from unimae.domains.base import DomainPlugin, Sample, _kw_for, check_pixel_limit
+from unimae.domains.base import DomainPlugin, Sample, kwargs_for, check_pixel_limit
 
 __all__ = [
     "LocalDataset",
@@ -324,10 +324,10 @@ class LocalDataset(Dataset):
         index = int(index) % n
         path = self.files[index]
         plugin = self.plugin
-        sample = plugin.read(path, **_kw_for(plugin.read, self.load_kwargs))
+        sample = plugin.read(path, **kwargs_for(plugin.read, self.load_kwargs))
         if self.masks is not None and self.masks[index] is not None:
             sample.mask = plugin.read_mask(self.masks[index], like=sample)
-        sample = plugin.preprocess(sample, **_kw_for(plugin.preprocess, self.load_kwargs))
+        sample = plugin.preprocess(sample, **kwargs_for(plugin.preprocess, self.load_kwargs))
         label = self.label_tensor(index)
         if label is not None:
             sample.label = label
