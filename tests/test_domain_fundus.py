@@ -483,11 +483,12 @@ def test_synthetic_lesions_and_grades(plugin):
             core = d <= max(0.75, 0.5 * r)
             ring = (d > r + 3) & (d < r + 6) & s.valid.numpy() & (mask == 0)
             seen_kinds.add(lesion["kind"])
-            if lesion["kind"] == "exudate":
+            if lesion["kind"] in ("exudate", "cotton_wool"):  # bright: yellow exudates, pale cotton-wool spots
                 assert rgb[core, 1].mean() > np.median(rgb[ring, 1]) + 0.15
             else:
                 assert bright[core].mean() < np.median(bright[ring]) - 0.15
-    assert seen_kinds == {"exudate", "haemorrhage", "microaneurysm"}
+            assert r >= 1.0  # never below a pixel, whatever the image size
+    assert seen_kinds == {"exudate", "haemorrhage", "microaneurysm", "cotton_wool"}
     healthy = plugin.synthetic(5, seed=2, size=64, task="anomaly", lesion_prob=0.0)
     assert all(int(healthy[i].label) == 0 and int(healthy[i].mask.sum()) == 0 for i in range(5))
 
@@ -502,6 +503,28 @@ def test_synthetic_grade_follows_lesion_count(plugin):
         grades.append(int(s.label))
     assert set(grades) == {0, 1, 2, 3}
     assert [grade_for_count(n) for n in (0, 1, 3, 4, 8, 9, 16)] == [0, 1, 1, 2, 2, 3, 3]
+
+
+def test_synthetic_lesions_grow_with_the_grade_and_stay_visible_at_low_resolution(plugin):
+    """ICDR-like: grade 1 = microaneurysms only; grade 3 has large blot haemorrhages and cotton-wool spots.
+    Radii scale with the image but keep pixel floors, so lesions stay >= 2 px across at 64 px."""
+    from unimae.domains.fundus.synthetic import GRADE_LESION_MIX
+
+    assert set(GRADE_LESION_MIX[1]) == {"microaneurysm"} and "cotton_wool" in GRADE_LESION_MIX[3]
+    for size in (64, 224):
+        ds = plugin.synthetic(60, seed=3, size=size, task="classify")
+        by_grade: dict[int, list[dict]] = {1: [], 2: [], 3: []}
+        for i in range(len(ds)):
+            info = ds[i].meta["synthetic"]
+            if info["grade"]:
+                by_grade[info["grade"]] += info["lesions"]
+        assert {lesion["kind"] for lesion in by_grade[1]} == {"microaneurysm"}
+        assert {lesion["kind"] for lesion in by_grade[3]} >= {"haemorrhage", "exudate", "cotton_wool"}
+        radii = {g: np.array([lesion["radius"] for lesion in v]) for g, v in by_grade.items()}
+        assert all(r.min() >= 1.0 for r in radii.values())
+        assert np.median(radii[3]) > 1.5 * np.median(radii[2]) and np.median(radii[2]) > np.median(radii[1])
+        blots = [lesion["radius"] for lesion in by_grade[3] if lesion["kind"] == "haemorrhage"]
+        assert min(blots) >= (2.5 if size == 64 else 8.0)
 
 
 def test_synthetic_dataset_class_metadata():

@@ -38,7 +38,12 @@ CLASS_HU: dict[str, float] = {
     "lung_right": -850.0,
 }
 TISSUE_HU: dict[str, float] = {"air": -1000.0, "fat": -100.0, "muscle": 50.0, "soft_tissue": 30.0, "bone": 700.0}
-LESION_HU = 15.0
+LESION_HU = -5.0
+"""Nominal lesion attenuation (HU): hypodense, cyst- or necrotic-metastasis-like, 75 HU below the liver."""
+LESION_HU_SPREAD = 15.0
+"""Each lesion's own HU is uniform in ``LESION_HU +- LESION_HU_SPREAD`` (-20..+10 HU)."""
+LESION_RADIUS = (0.10, 0.18)
+"""Lesion radius range as a fraction of the volume half-extent (2-3 voxels at 32^3, 5-9 voxels = 7-13 mm at 96^3)."""
 NOISE_HU = 10.0
 
 # organ ellipsoids: (centre x, centre y) relative to the body semi-axes, centre z in [-1, 1],
@@ -100,7 +105,8 @@ def make_phantom(
         organs[m] = SEG_CLASS_NAMES.index(name)
         hu[m] = CLASS_HU[name]
 
-    # lesions: hypodense spheres inside liver / spleen
+    # lesions: hypodense spheres inside the liver / spleen, sized with the volume so they stay a few voxels wide,
+    # centred so that most of each sphere lies inside its host organ
     lesions = np.zeros(size, dtype=bool)
     if rng.random() < lesion_prob:
         for _ in range(int(rng.integers(1, 4))):
@@ -109,12 +115,21 @@ def make_phantom(
             if not host_mask.any():
                 continue
             pts = np.argwhere(host_mask)
-            centre_idx = pts[int(rng.integers(len(pts)))]
-            centre = [float(a.ravel()[c]) for a, c in zip((ux, uy, uz), centre_idx)]
-            radius = rng.uniform(0.05, 0.1)
-            blob = _ellipsoid((ux, uy, uz), centre, (radius, radius * nx / ny, radius * nx / nz)) & host_mask
+            radius = rng.uniform(*LESION_RADIUS)
+            lesion_hu = LESION_HU + rng.uniform(-LESION_HU_SPREAD, LESION_HU_SPREAD)
+            best, best_inside = None, -1.0
+            for _try in range(6):
+                centre_idx = pts[int(rng.integers(len(pts)))]
+                centre = [float(a.ravel()[c]) for a, c in zip((ux, uy, uz), centre_idx)]
+                sphere = _ellipsoid((ux, uy, uz), centre, (radius, radius * nx / ny, radius * nx / nz))
+                inside = float((sphere & host_mask).sum()) / max(1, int(sphere.sum()))
+                if inside > best_inside:
+                    best, best_inside = sphere, inside
+                if inside >= 0.8:
+                    break
+            blob = best & host_mask & ~lesions
+            hu[blob] = lesion_hu
             lesions |= blob
-        hu[lesions] = LESION_HU
 
     # spine: a bone cylinder behind the kidneys, drawn over everything but lungs
     sx, sy, sr = rng.normal(0, 0.02), -0.6 + rng.normal(0, 0.02), 0.12 * rng.uniform(0.9, 1.1)

@@ -3,8 +3,13 @@
 Each image shows the retinal disc (black outside the circular field of view, an orange-red fundus
 with vignetting, choroidal texture and a darker macula), a bright optic disc, a branching vessel
 tree growing out of it (four arcades of a vein and an artery, 1–6 px wide at 224², thinner with each
-bifurcation) and, optionally, lesions: bright yellow exudates and dark red haemorrhages and
-microaneurysms. The grade is set by the lesion count (:data:`GRADE_LESION_COUNTS`), so it is learnable.
+bifurcation) and, optionally, lesions: bright yellow hard exudates, pale fluffy cotton-wool spots, dark red
+dot/blot haemorrhages and microaneurysms. The grade is the lesion count's grade
+(:func:`grade_for_count`, :data:`GRADE_LESION_COUNTS`) and, as in the ICDR scale, the lesions get more
+varied and larger with it (:data:`GRADE_LESION_MIX`): grade 1 shows only a few microaneurysms, grade 2
+adds dot/blot haemorrhages and hard exudates, grade 3 has many lesions with large blot haemorrhages and
+cotton-wool spots. Lesion radii scale with the image and have pixel floors, so every lesion stays at
+least 2-3 px across (and grade-3 blots 5 px or more) at 64-96 px, where a small ViT can still see them.
 
 Drawing is vectorised numpy plus OpenCV polylines/circles (a few ms at 224²). Sample ``i`` depends
 only on ``(seed, i)`` through ``numpy.random.default_rng([seed, i])`` and is drawn when indexed.
@@ -26,16 +31,46 @@ from unimae.domains.base import Sample, channel_list
 from unimae.domains.fundus.augment import as_hw
 from unimae.domains.fundus.preprocess import CHANNEL_NAMES, NOMINAL_WAVELENGTHS, preprocess_fundus
 
-__all__ = ["SyntheticFundus", "FundusScene", "render_fundus", "grade_for_count", "GRADE_LESION_COUNTS"]
+__all__ = [
+    "SyntheticFundus",
+    "FundusScene",
+    "render_fundus",
+    "grade_for_count",
+    "GRADE_LESION_COUNTS",
+    "GRADE_LESION_MIX",
+    "LESION_KINDS",
+]
 
 GRADE_LESION_COUNTS: tuple[tuple[int, int], ...] = ((0, 0), (1, 3), (4, 8), (9, 16))
 """Lesion-count range (inclusive) of each grade: grade0 none, grade1 1–3, grade2 4–8, grade3 > 8."""
 
-LESION_KINDS = ("exudate", "haemorrhage", "microaneurysm")
-_LESION_P = (0.4, 0.35, 0.25)
+LESION_KINDS = ("exudate", "haemorrhage", "microaneurysm", "cotton_wool")
+
+GRADE_LESION_MIX: dict[int, dict[str, float]] = {
+    1: {"microaneurysm": 1.0},  # mild NPDR: microaneurysms only
+    2: {"microaneurysm": 0.35, "haemorrhage": 0.4, "exudate": 0.25},  # moderate: + dot/blot haemorrhages, exudates
+    3: {"microaneurysm": 0.1, "haemorrhage": 0.4, "exudate": 0.3, "cotton_wool": 0.2},  # severe: many, large
+}
+"""Lesion-kind probabilities by grade; lesions drawn with grade 0 (an explicit ``n_lesions``) use grade 2's."""
+
+# radius ranges in pixels at the 224 px reference (scaled with the image) and a floor in pixels, by (kind, grade)
+_RADIUS: dict[str, tuple[float, float, float]] = {
+    "microaneurysm": (1.0, 1.8, 1.0),
+    "exudate": (2.0, 4.5, 1.2),
+    "haemorrhage": (3.0, 6.0, 1.6),
+    "cotton_wool": (7.0, 11.0, 2.5),
+}
+_BLOT = (8.0, 13.0, 2.6)  # grade-3 blot haemorrhages
 _EXUDATE_RGB = (0.98, 0.88, 0.42)
 _HAEMORRHAGE_RGB = (0.32, 0.06, 0.04)
 _MICROANEURYSM_RGB = (0.36, 0.07, 0.05)
+_COTTON_WOOL_RGB = (0.95, 0.92, 0.82)
+_COLOUR = {
+    "exudate": _EXUDATE_RGB,
+    "haemorrhage": _HAEMORRHAGE_RGB,
+    "microaneurysm": _MICROANEURYSM_RGB,
+    "cotton_wool": _COTTON_WOOL_RGB,
+}
 _SHIFT = 2  # sub-pixel bits for OpenCV drawing
 
 
@@ -122,13 +157,17 @@ def render_fundus(
     size: int | Sequence[int] = 224,
     *,
     n_lesions: int = 0,
+    grade: int | None = None,
 ) -> FundusScene:
     """Render one synthetic fundus photograph.
 
     Args:
         rng: the random generator (all randomness comes from it).
         size: output size, int or ``(height, width)``.
-        n_lesions: number of lesions to draw (exudates, haemorrhages, microaneurysms).
+        n_lesions: number of lesions to draw.
+        grade: the severity whose lesion mix and sizes to draw (:data:`GRADE_LESION_MIX`); ``None`` =
+            the grade of ``n_lesions``. The returned grade is always ``grade_for_count`` of the lesions
+            actually drawn.
 
     Returns:
         A :class:`FundusScene` with the RGB image in [0, 1] and its masks.
@@ -207,24 +246,26 @@ def render_fundus(
         ang = rng.uniform(0, 2 * np.pi, cand)
         ys, xs = cy + rad * np.sin(ang), cx + rad * np.cos(ang)
         ok = (ys - disc_y) ** 2 + (xs - disc_x) ** 2 > (1.8 * disc_r) ** 2
-        ys, xs = _spread(ys[ok], xs[ok], n_lesions, 14.0 * unit)
-        kinds = rng.choice(len(LESION_KINDS), size=len(ys), p=_LESION_P)
+        severity = grade_for_count(n_lesions) if grade is None else int(grade)
+        mix = GRADE_LESION_MIX.get(severity, GRADE_LESION_MIX[2])
+        names = list(mix)
+        ys, xs = _spread(ys[ok], xs[ok], n_lesions, max(14.0 * unit, 7.0))
+        kinds = rng.choice(len(names), size=len(ys), p=[mix[k] for k in names])
         for y, x, k in zip(ys, xs, kinds):
-            kind = LESION_KINDS[int(k)]
+            kind = names[int(k)]
             centre = (int(round(x * (1 << _SHIFT))), int(round(y * (1 << _SHIFT))))
-            if kind == "exudate":
-                radius = rng.uniform(1.5, 4.0) * unit
-                colour = _EXUDATE_RGB
-            elif kind == "haemorrhage":
-                radius = rng.uniform(2.5, 6.0) * unit
-                colour = _HAEMORRHAGE_RGB
-            else:
-                radius = rng.uniform(1.0, 1.8) * unit
-                colour = _MICROANEURYSM_RGB
-            radius = max(radius, 1.0)
+            lo, hi, floor = _BLOT if (kind == "haemorrhage" and severity >= 3) else _RADIUS[kind]
+            radius = max(rng.uniform(lo, hi) * unit, floor)
             axes = (int(round(radius * (1 << _SHIFT))), int(round(radius * rng.uniform(0.6, 1.0) * (1 << _SHIFT))))
             angle = float(rng.uniform(0, 180))
-            cv2.ellipse(rgb, centre, axes, angle, 0, 360, colour, -1, cv2.LINE_8, _SHIFT)
+            colour = _COLOUR[kind]
+            if kind == "cotton_wool":  # pale, fluffy: feathered edges over the background
+                blob = np.zeros((h, w), np.float32)
+                cv2.ellipse(blob, centre, axes, angle, 0, 360, 1.0, -1, cv2.LINE_8, _SHIFT)
+                alpha = np.clip(1.3 * cv2.GaussianBlur(blob, (0, 0), max(0.6, 0.35 * radius)), 0.0, 0.9)[..., None]
+                rgb = rgb * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
+            else:
+                cv2.ellipse(rgb, centre, axes, angle, 0, 360, colour, -1, cv2.LINE_8, _SHIFT)
             cv2.ellipse(lesion_u8, centre, axes, angle, 0, 360, 255, -1, cv2.LINE_8, _SHIFT)
             lesion_list.append({"kind": kind, "center": (float(y), float(x)), "radius": float(radius)})
     lesions = (lesion_u8 > 0) & fov
