@@ -205,6 +205,10 @@ def normal_val_scores(out: Path, domain: str, n: int, val_lesion_prob: float) ->
         ("multispectral", ["train.max_steps=60", "train.val_every=30"]),
         # 1-2 px lesions at 64 px: the image score averages the top 20% of the map instead of the top 1%
         ("fundus", ["train.max_steps=150", "train.val_every=50", "anomaly.top_fraction=0.2", "data.num_val_samples=64"]),
+        # 4 px patches (256 tokens at 64 px) so a 2-4 px nodule is a patch, not a corner of one; the MAE trains at
+        # 75% masking, closer to what the K=4 complementary masks hide at inference (25%)
+        ("xray", ["model.patch_size=4", "model.mask_ratio=0.75", "data.num_samples=4000", "train.max_steps=300",
+                  "train.val_every=100", "train.lr=1e-3"]),  # fmt: skip
     ],
 )
 def test_anomaly_auroc_beats_chance_and_thresholds_are_calibrated(domain: str, extra: list[str], tmp_path: Path) -> None:
@@ -214,7 +218,7 @@ def test_anomaly_auroc_beats_chance_and_thresholds_are_calibrated(domain: str, e
                  "train.lr=2e-3", *extra)  # fmt: skip
     meta = check_run(result, out, domain, "anomaly")
     assert meta["class_names"] == ["normal", "anomaly"] and result["monitor"] == "val_image_auroc"
-    assert result["best_value"] > 0.65, result["metrics"]  # chance: 0.5
+    assert result["best_value"] > (0.7 if domain == "xray" else 0.65), result["metrics"]  # chance: 0.5
     # thresholds calibrated on the normal validation images at fpr 0.05, stored in best.json
     scores, a = normal_val_scores(out, domain, n_val, 0.5)
     assert a["fpr"] == 0.05 and a["norm_pix"] is False and a["calibration_images"] == len(scores) > 10
@@ -227,38 +231,37 @@ def test_anomaly_auroc_beats_chance_and_thresholds_are_calibrated(domain: str, e
     assert model_meta["anomaly"]["image_threshold"] is not None
 
 
-@pytest.mark.parametrize("domain", ["ct", "xray"])
-def test_anomaly_trains_on_normal_images_and_stores_thresholds(domain: str, tmp_path: Path) -> None:
-    """The anomaly path of the domains whose synthetic lesions are beyond a tiny MAE in a CPU test budget
-    (CT: liver lesions 55 HU below the liver, 1-3 voxels at 32^3; X-ray: nodules among rib edges at 64 px;
-    measured image AUROC ~0.5-0.65): training on normal images, validation with lesions and calibration
-    (3D for CT). Detection quality is not asserted here."""
+def test_ct_anomaly_trains_on_normal_volumes_and_stores_thresholds(tmp_path: Path) -> None:
+    """The 3D anomaly path: training on normal volumes, validation with lesions and calibration. Detection
+    quality is NOT asserted: with hypodense 2-3 voxel-radius lesions at 32^3 a tiny MAE trained for a CPU test
+    budget still reconstructs the spine and muscle/fat edges worse than the lesions (image AUROC ~0.55-0.67)."""
     out = tmp_path / "run"
-    result = run(domain, "anomaly", out, "data.num_samples=16", "data.num_val_samples=8", "train.max_steps=4",
+    result = run("ct", "anomaly", out, "data.num_samples=16", "data.num_val_samples=8", "train.max_steps=4",
                  "train.batch_size=2", "train.val_every=2", "model.patch_size=8")  # fmt: skip
-    meta = check_run(result, out, domain, "anomaly")
-    plugin = get_domain(domain)
-    val = plugin.synthetic(8, seed=100_003, size=SIZE[domain], task="anomaly", lesion_prob=0.5)
+    meta = check_run(result, out, "ct", "anomaly")
+    plugin = get_domain("ct")
+    val = plugin.synthetic(8, seed=100_003, size=SIZE["ct"], task="anomaly", lesion_prob=0.5)
     normals = sum(int(val[i].label) == 0 for i in range(8))
     a = meta["anomaly"]
     assert a["calibration_images"] == normals > 0 and a["k"] == 4 and a["norm_pix"] is False
     assert a["image_threshold"] > 0 and a["pixel_threshold"] > 0
     assert meta["contract"]["mask_ratio"] == plugin.recipes["pretrain"]["mask_ratio"]
     assert meta["contract"]["norm_pix"] is False
-    if domain == "ct":
-        assert meta["contract"]["preprocess"] == {"window": "soft_tissue", "spacing": [1.5, 1.5, 1.5]}
+    assert meta["contract"]["preprocess"] == {"window": "soft_tissue", "spacing": [1.5, 1.5, 1.5]}
 
 
-def test_fundus_grading_trains_and_records_its_grades(tmp_path: Path) -> None:
-    """Fundus grades hinge on counting 1-2 px lesions: a tiny ViT does not learn them in a CPU test budget,
-    so this checks the run and its contract (quadratic kappa logged for the ordinal grades), not accuracy."""
+def test_fundus_grading_beats_chance(tmp_path: Path) -> None:
+    """DR-like grades 0-3 (lesions more numerous, larger and more varied with the grade): quadratic kappa, the
+    ordinal grading metric, is monitored (chance: 0); balanced accuracy is logged (chance: 1/4)."""
     out = tmp_path / "run"
-    result = run("fundus", "classify", out, "data.num_samples=64", "data.num_val_samples=16", "train.max_steps=4",
-                 "train.batch_size=8", "train.val_every=2")  # fmt: skip
+    result = run("fundus", "classify", out, "data.num_samples=4000", "data.num_val_samples=48", "train.max_steps=250",
+                 "train.batch_size=16", "train.lr=2e-3", "train.val_every=50")  # fmt: skip
     meta = check_run(result, out, "fundus", "classify")
     assert meta["class_names"] == ["grade0", "grade1", "grade2", "grade3"] and meta["multi_label"] is False
-    assert "quadratic_kappa" in meta["metrics"] and meta["contract"]["preprocess"] == {"preset": "default"}
-    assert [r["step"] for r in read_metrics(out / "metrics.csv") if r["val_balanced_accuracy"] is not None] == [2, 4]
+    assert meta["contract"]["preprocess"] == {"preset": "default"}
+    assert result["monitor"] == "val_quadratic_kappa"
+    assert result["best_value"] > 0.45, result["metrics"]  # chance: 0
+    assert meta["metrics"]["balanced_accuracy"] > 0.25 + 0.1, meta["metrics"]  # chance: 1/4
 
 
 # ------------------------------------------------------------------------------------------------
