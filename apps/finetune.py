@@ -1411,6 +1411,8 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
         if band_names is not None:
             contract["data_channels"] = band_names
         contract["modality"] = plugin.modality
+        if encoder.spatial_dims == 2:  # predict at the scale the augmentation trained at (see the plugin recipe)
+            contract["segment_mode"] = plugin.recipes.get("finetune", {}).get("segment_mode", "sliding")
         info = task_metadata(
             task=task, domain=plugin.name, class_names=data.class_names, contract=contract,
             multi_label=data.multi_label,

@@ -55,7 +55,9 @@ def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def model_classes() -> dict[str, Callable[..., nn.Module]]:
+    """The loadable model classes: the built-in ones plus any registered by user code."""
     if "MaskedAutoencoder" not in _MODEL_CLASSES:
+        from unimae.core import models  # noqa: F401  (registers MAEClassifier, MAESegmenter)
         from unimae.core.mae import MaskedAutoencoder
 
         register_model_class(MaskedAutoencoder)

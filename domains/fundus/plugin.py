@@ -51,8 +51,10 @@ class FundusPlugin(DomainPlugin):
         # RETFound / MAE: 224 px, 16 px patches, 75 % masking; fine-tuning with layer decay 0.65
         "pretrain": {"patch_size": 16, "input_size": 224, "mask_ratio": 0.75, "crop_scale": (0.6, 1.0),
                      "preset": "default"},
+        # segment_mode "resize": training resizes the field-of-view box to input_size, so prediction works at that scale
         "finetune": {"patch_size": 16, "input_size": 224, "crop_scale": (0.6, 1.0), "layer_decay": 0.65,
-                     "preset": "default"},
+                     "preset": "default",
+                     "segment_mode": "resize"},
     }
     class_names: ClassVar[tuple[str, ...]] = SyntheticFundus.class_names
     seg_class_names: ClassVar[tuple[str, ...]] = SyntheticFundus.seg_class_names

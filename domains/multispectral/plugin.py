@@ -51,7 +51,9 @@ class MultispectralPlugin(DomainPlugin):
         # SatMAE-style 96 px crops with 8 px patches; spectral embedding and channel + patch masking
         "pretrain": {"patch_size": 8, "input_size": 96, "mask_ratio": 0.75, "masking": "channel_patch",
                      "channel_mask_ratio": 0.5, "bands": "sentinel2_l1c"},
-        "finetune": {"patch_size": 8, "input_size": 96, "layer_decay": 0.75, "bands": "sentinel2_l1c"},
+        # segment_mode "sliding": training crops at native resolution, so prediction works at that scale
+        "finetune": {"patch_size": 8, "input_size": 96, "layer_decay": 0.75, "bands": "sentinel2_l1c",
+                     "segment_mode": "sliding"},
     }
     # TorchGeo-style band metadata
     all_band_names: ClassVar[tuple[str, ...]] = tuple(BAND_PRESETS["sentinel2_l1c"]["bands"])

@@ -60,8 +60,10 @@ class XRayPlugin(DomainPlugin):
         # Xiao et al. 2022 (medical_mae): 90 % masking, crop scale 0.5-1.0, layer-wise lr decay 0.55
         "pretrain": {"patch_size": 16, "input_size": 224, "mask_ratio": 0.9, "crop_scale": (0.5, 1.0),
                      "normalize": "default"},
+        # segment_mode "resize": training resizes random crops to input_size, so prediction works at that scale
         "finetune": {"patch_size": 16, "input_size": 224, "crop_scale": (0.5, 1.0), "layer_decay": 0.55,
-                     "normalize": "default"},
+                     "normalize": "default",
+                     "segment_mode": "resize"},
     }
     default_lesion_prob: ClassVar[float] = 0.5
 
