@@ -1,0 +1,416 @@
+"""The server side of the app's task tabs: run the model, redraw, re-threshold, write the downloads.
+
+:class:`TaskPanel` holds one domain x task. Its methods are the Gradio callbacks minus the widgets: each
+calls the shared predict layer (``load_predictor``, ``Predictor.predict``, ``Prediction.with_threshold``,
+``write_prediction``) and formats the result with :mod:`unimae.apps.ui_render`. Every failure becomes a
+``gr.Error`` with one readable line (:func:`user_errors`), so the app keeps serving.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unimae.core.errors import InputError
+
+__all__ = [
+    "AppSettings",
+    "OutputDirs",
+    "TaskPanel",
+    "TASK_TITLES",
+    "user_errors",
+    "describe_input",
+    "safe_stem",
+    "device_summary",
+    "warm_up",
+]
+
+log = logging.getLogger("unimae.app")
+
+TASK_TITLES = {"segment": "Segmentation", "classify": "Classification", "anomaly": "Anomaly map"}
+_SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".dicom", ".tar.gz")
+
+# ------------------------------------------------------------------------------------------------
+# settings and output folders
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class AppSettings:
+    """How the app runs.
+
+    Attributes:
+        device: ``"auto"`` (the GPU when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"auto"`` (bf16 where the hardware runs it), ``"fp32"`` or ``"bf16"``.
+        concurrency: predictions run at the same time (the rest wait in the queue).
+        queue_size: most requests waiting in the queue (more are refused with a message).
+        max_file_size: largest upload, e.g. ``"512mb"``.
+        output_ttl_s: how long downloads are kept on the server.
+        title: the browser tab's title.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    concurrency: int = 2
+    queue_size: int = 64
+    max_file_size: str = "512mb"
+    output_ttl_s: int = 3600
+    title: str = "UniMAE"
+
+
+def device_summary(settings: AppSettings) -> tuple[str, str]:
+    """``(device, precision)`` the models will run on, checked without loading the predict layer.
+
+    Raises :class:`InputError` for a device this machine does not have (the predict layer checks the
+    same when it loads a model; this lets ``unimae app`` say so before it starts serving).
+    """
+    import torch
+
+    from unimae.core.precision import resolve_precision
+
+    name = str(settings.device or "auto")
+    if name == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, TypeError) as err:
+            raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return str(dev), resolve_precision(settings.precision, dev)
+
+
+def warm_up() -> threading.Thread:
+    """Import the predict layer (MONAI, the models) in a background thread, so the server can answer at once
+    and the first prediction does not pay for the imports."""
+
+    def work() -> None:
+        import importlib
+
+        t0 = time.perf_counter()
+        for name in ("unimae.apps.predict", "unimae.apps.ui_render"):
+            importlib.import_module(name)
+
+        log.debug("predict layer imported in %.1f s", time.perf_counter() - t0)
+
+    thread = threading.Thread(target=work, name="unimae-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+class OutputDirs:
+    """Per-request folders for downloads under one temporary root; old ones are pruned, all removed at exit.
+
+    Gradio copies returned files into its own cache (cleaned by ``delete_cache``); these originals are
+    removed after ``ttl_s`` seconds and when the app closes.
+    """
+
+    def __init__(self, ttl_s: int = 3600, root: str | Path | None = None) -> None:
+        self.ttl_s = int(ttl_s)
+        self.root = Path(tempfile.mkdtemp(prefix="unimae-app-", dir=root))
+        self._lock = threading.Lock()
+        atexit.register(self.cleanup)
+
+    def new(self) -> Path:
+        """A fresh folder (and prune the ones older than ``ttl_s``)."""
+        self.prune()
+        return Path(tempfile.mkdtemp(prefix="req-", dir=self.root))
+
+    def prune(self, now: float | None = None) -> int:
+        """Remove request folders older than ``ttl_s``; returns how many were removed."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self._lock:
+            if not self.root.is_dir():
+                return 0
+            for child in self.root.iterdir():
+                try:
+                    if now - child.stat().st_mtime > self.ttl_s:
+                        shutil.rmtree(child, ignore_errors=True)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def user_errors(what: str) -> Iterator[None]:
+    """Turn any failure into a ``gr.Error`` with one readable line; the app keeps serving."""
+    import gradio as gr
+
+    try:
+        yield
+    except gr.Error:
+        raise
+    except InputError as err:
+        log.info("%s: refused: %s", what, err)
+        raise gr.Error(str(err), title="Cannot use this input", print_exception=False) from None
+    except MemoryError:
+        log.warning("%s: out of memory", what)
+        raise gr.Error("the input is too large to process on this machine", print_exception=False) from None
+    except Exception as err:  # noqa: BLE001 - the server must survive anything one request does
+        log.exception("%s: unexpected failure", what)
+        msg = " ".join(str(err).split())[:300]
+        raise gr.Error(f"unexpected error ({type(err).__name__}): {msg}", print_exception=False) from None
+
+
+def safe_stem(name: str) -> str:
+    low = name.lower()
+    for ext in _VOLUME_SUFFIXES:
+        if low.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    else:
+        name = Path(name).stem
+    return _SAFE_STEM.sub("_", name).strip("._") or "input"
+
+
+def describe_input(pred: Any) -> str:
+    """One line about the input's geometry (never patient fields)."""
+    meta = pred.meta
+    shape = meta.get("source_shape") or (pred.source.spatial_shape if pred.source is not None else ())
+    parts = ["×".join(str(int(s)) for s in shape)]
+    spacing = meta.get("spacing")
+    unit = meta.get("spacing_unit") or meta.get("spacing_units") or ("mm" if pred.domain in ("ct", "xray") else "")
+    if spacing is not None and unit not in ("pixel",):
+        parts.append("spacing " + "×".join(f"{float(s):.3g}" for s in spacing) + (f" {unit}" if unit else ""))
+    if meta.get("orientation"):
+        parts.append(f"orientation {meta['orientation']}")
+    if meta.get("crs_name"):
+        parts.append(str(meta["crs_name"]))
+    channels = meta.get("channels") or []
+    if pred.domain == "multispectral" and channels:
+        parts.append(f"{len(channels)} bands")
+    if meta.get("nodata") is not None:
+        parts.append(f"nodata {meta['nodata']}")
+    return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# the callbacks of one domain x task
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class TaskPanel:
+    """The server side of one task tab: run the model, redraw, re-threshold, write downloads."""
+
+    domain: str
+    task: str
+    catalog: Any
+    outputs: OutputDirs
+    settings: AppSettings
+    plugin: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        from unimae.domains import get_domain
+
+        self.plugin = get_domain(self.domain)
+
+    @property
+    def name(self) -> str:
+        return f"{self.domain}_{self.task}"
+
+    # -- display -------------------------------------------------------------------------------
+    def _window(self, window: str | None, center: float | None, width: float | None) -> tuple[float, float]:
+        windows = getattr(self.plugin, "windows", {}) or {}
+        if window and window != "custom":
+            if window not in windows:
+                raise InputError(f"unknown window {window!r}; presets: {', '.join(windows)}, custom")
+            c, w = windows[window]
+            return float(c), float(w)
+        c = 40.0 if center is None else float(center)
+        w = 400.0 if width is None else float(width)
+        if not np.isfinite(c) or not np.isfinite(w) or w <= 0:
+            raise InputError(f"window center {center} / width {width}: the width must be a positive number")
+        return c, w
+
+    def draw(
+        self,
+        view: Any,
+        *,
+        opacity: float = 0.5,
+        plane: str = "axial",
+        index: int | None = None,
+        window: str | None = "soft_tissue",
+        center: float | None = 40.0,
+        width: float | None = 400.0,
+        composite: str = "natural",
+    ) -> np.ndarray:
+        from unimae.apps.ui_render import render
+
+        win = self._window(window, center, width) if view.kind == "volume" else (40.0, 400.0)
+        return render(view, opacity=float(opacity), plane=plane or "axial", index=index, window=win,
+                      composite=composite or "natural")  # fmt: skip
+
+    def summary(self, view: Any) -> Any:
+        from unimae.apps.ui_render import anomaly_html, legend_html
+
+        pred = view.pred
+        if pred.task == "classify":
+            return dict(pred.probabilities or {})
+        if pred.task == "segment":
+            return legend_html(pred.class_names, view.colours, view.hidden, pred.class_fractions)
+        return anomaly_html(pred, view.vmax)
+
+    def status(self, view: Any, entry: Any, file_name: str, seconds: float, note: str = "") -> str:
+        pred = view.pred
+        p = getattr(self, "_last_predictor", None)
+        device = f"{p.device.type} {p.precision}" if p is not None else ""
+        lines = [f"**{file_name}** · {describe_input(pred)}",
+                 f"{entry.key} · {seconds:.2f} s{' on ' + device if device else ''}"]  # fmt: skip
+        if pred.task == "classify":
+            chosen = ", ".join(pred.predicted or []) or "none"
+            if pred.multi_label:
+                lines.append(f"findings above {pred.threshold:g}: **{chosen}**")
+            else:
+                lines.append(f"predicted: **{chosen}**")
+        if note:
+            lines.append(note)
+        return "  \n".join(lines)
+
+    def write(self, pred: Any, file_name: str, opacity: float) -> tuple[list[str], dict]:
+        """Downloads in the source geometry (the predict layer's writer) and the JSON report."""
+        from unimae.apps.predict import write_prediction
+
+        out = self.outputs.new()
+        files = write_prediction(pred, out, safe_stem(file_name), alpha=float(opacity), plugin=self.plugin)
+        report = json.loads(Path(files["report"]).read_text())
+        order = [k for k in ("seg", "heatmap", "anomaly_mask", "overlay", "report") if files.get(k) is not None]
+        order += [k for k in files if k not in order and files[k] is not None]
+        return [str(files[k]) for k in order], report
+
+    # -- events --------------------------------------------------------------------------------
+    def run(
+        self,
+        file: str | None,
+        model: str | None = None,
+        opacity: float = 0.5,
+        plane: str = "axial",
+        window: str = "soft_tissue",
+        center: float = 40.0,
+        width: float = 400.0,
+        composite: str = "natural",
+        progress: Any = None,
+    ) -> tuple[Any, ...]:
+        """Run the model on an uploaded file: ``(image, summary, downloads, report, status, view)``."""
+        from unimae.apps.predict import load_predictor
+        from unimae.apps.ui_render import prepare_view
+
+        with user_errors(self.name):
+            if not file:
+                raise InputError("no file: upload one or click an example first")
+            path = Path(file)
+            file_name = path.name
+            entry = self.catalog.resolve(model, self.domain, self.task)
+            t0 = time.perf_counter()
+            if progress is not None:
+                progress(0.05, desc="loading the model")
+            predictor = load_predictor(entry.path, device=self.settings.device, precision=self.settings.precision)
+            self._last_predictor = predictor
+            if progress is not None:
+                progress(0.15, desc=f"{TASK_TITLES[self.task].lower()} of {file_name}")
+            pred = predictor.predict(path, progress=progress is not None and self.plugin.spatial_dims == 3)
+            if progress is not None:
+                progress(0.85, desc="drawing and writing the results")
+            view = prepare_view(pred, self.plugin)
+            note = ""
+            try:
+                image = self.draw(view, opacity=opacity, plane=plane, window=window, center=center, width=width,
+                                  composite=composite)  # fmt: skip
+            except InputError as err:  # a display choice this input cannot have (e.g. false colour of RGB)
+                note = f"note: {err}; showing natural colour"
+                image = self.draw(view, opacity=opacity, plane=plane, window=window, center=center, width=width)
+            files, report = self.write(pred, file_name, opacity)
+            seconds = time.perf_counter() - t0
+            log.info("%s: %s input done in %.2f s", self.name, "".join(path.suffixes[-2:]) or "extension-less", seconds)
+            return image, self.summary(view), files, report, self.status(view, entry, file_name, seconds, note), view
+
+    def redraw(
+        self,
+        view: Any,
+        opacity: float = 0.5,
+        plane: str = "axial",
+        index: int | None = None,
+        window: str = "soft_tissue",
+        center: float = 40.0,
+        width: float = 400.0,
+        composite: str = "natural",
+    ) -> Any:
+        """The image again with other display settings (no model run)."""
+        import gradio as gr
+
+        if view is None:
+            return gr.update()
+        with user_errors(f"{self.name} display"):
+            return self.draw(view, opacity=opacity, plane=plane, index=index, window=window, center=center,
+                             width=width, composite=composite)  # fmt: skip
+
+    def rethreshold(
+        self,
+        view: Any,
+        threshold: float,
+        opacity: float = 0.5,
+        plane: str = "axial",
+        index: int | None = None,
+        window: str = "soft_tissue",
+        center: float = 40.0,
+        width: float = 400.0,
+        composite: str = "natural",
+    ) -> tuple[Any, ...]:
+        """A new anomaly threshold: new mask, image, summary and downloads from the kept heat map."""
+        import gradio as gr
+
+        from unimae.apps.ui_render import with_threshold
+
+        if view is None:
+            return gr.update(), gr.update(), gr.update(), gr.update(), view
+        with user_errors(f"{self.name} threshold"):
+            thr = float(threshold)
+            if not np.isfinite(thr) or thr < 0:
+                raise InputError(f"threshold must be a non-negative number, got {threshold}")
+            view = with_threshold(view, thr)
+            image = self.draw(view, opacity=opacity, plane=plane, index=index, window=window, center=center,
+                              width=width, composite=composite)  # fmt: skip
+            name = view.pred.meta.get("path") or "input"
+            files, report = self.write(view.pred, Path(str(name)).name, opacity)
+            return image, self.summary(view), files, report, view
+
+    def controls(self, view: Any, plane: str = "axial") -> tuple[Any, Any]:
+        """After a run: the slice slider sized to the volume, the threshold slider around the heat map."""
+        import gradio as gr
+
+        from unimae.apps.ui_render import middle_slice, slice_count
+
+        if view is None:
+            return gr.update(), gr.update()
+        slice_update = gr.update()
+        if view.kind == "volume":
+            n = slice_count(view, plane or "axial")
+            slice_update = gr.update(minimum=0, maximum=max(n - 1, 1), value=middle_slice(view, plane or "axial"),
+                                     step=1, interactive=n > 1, label=f"{plane} slice (of {n})")  # fmt: skip
+        thr_update = gr.update()
+        pred = view.pred
+        if pred.task == "anomaly" and pred.heatmap is not None:
+            top = float(view.vmax)
+            value = float(pred.threshold) if pred.threshold is not None else 0.5 * top
+            thr_update = gr.update(minimum=0.0, maximum=round(top, 6), value=round(min(value, top), 6),
+                                   step=round(top / 200.0, 8) or 1e-6, interactive=True)  # fmt: skip
+        return slice_update, thr_update
