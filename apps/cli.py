@@ -11,6 +11,8 @@ Usage::
     unimae evaluate --checkpoint runs/fundus-segment/best --data synthetic --out eval/fundus
     unimae predict --checkpoint runs/fundus-segment/best --input photos/ --output results/
     unimae info scan.nii.gz [--json] [--domain ct]
+    unimae app [--models DIR] [--host 127.0.0.1] [--port 7860] [--auth USER:PASS] [--share]
+    unimae demo [--force]                                                # build the app's demo models
 
 Stable override keys: ``out_dir``, ``model.preset``, ``train.max_steps``, ``train.batch_size``,
 ``train.lr``, ``train.precision``, ``data.train``, ``data.val``, ``resume`` (see
@@ -207,11 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_finetune)
 
+    from unimae.apps.app import add_app_parser
+    from unimae.apps.demo_models import add_demo_parser
     from unimae.apps.evaluate import add_evaluate_parser
     from unimae.apps.predict import add_predict_parser
 
     add_evaluate_parser(sub)
     add_predict_parser(sub)
+    add_app_parser(sub)
+    add_demo_parser(sub)
 
     p = sub.add_parser("info", help="describe an image file as UniMAE reads it", description="Describe a file: "
                        "shape, spacing, channels, geometry, value range (never patient fields).")  # fmt: skip
@@ -220,7 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default=None, help="the domain to read it as (default: guessed)")
     p.set_defaults(func=_cmd_info)
 
-    # Later issues add: app, demo. They are not listed until they work.
     return parser
 
 
