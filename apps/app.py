@@ -72,8 +72,7 @@ DOMAIN_INTRO = {
     "GeoTIFF with the source CRS, transform and nodata; nodata is shown transparent.",
 }
 TASK_HELP = {
-    "segment": "A class for every pixel (every voxel of a volume), drawn over the image with a legend. Opacity "
-    "changes the drawing only.",
+    "segment": "A class for every {unit}, drawn over the image with a legend. Opacity changes the drawing only.",
     "classify": "Class probabilities for the whole image (independent per finding for multi-label models).",
     "anomaly": "Reconstruction error of a masked autoencoder trained on normal images only: hot where the "
     "image departs from normal. The threshold outlines the flagged area (cyan) without re-running the model.",
@@ -118,7 +117,7 @@ def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
     domain, task = panel.domain, panel.task
     volume = panel.plugin.spatial_dims == 3
     scene = domain == "multispectral"
-    gr.Markdown(TASK_HELP[task], elem_classes=["unimae-help"])
+    gr.Markdown(TASK_HELP[task].format(unit="voxel of the volume" if volume else "pixel"), elem_classes=["unimae-help"])
     with gr.Row(equal_height=False):
         model = gr.Dropdown(
             choices=catalog.choices(domain, task), value=catalog.default_key(domain, task),

@@ -155,13 +155,13 @@ def _default_specs() -> tuple[DemoSpec, ...]:
     return (
         DemoSpec("ct", "segment", {**_MICRO2, "patch_size": 8, "feature_size": 8},
                  {"input_size": 32, "num_samples": n, "num_val_samples": 4, **_CT_DATA},
-                 _train(320, 2, 4e-3, class_weights="auto")),
+                 _train(200, 2, 4e-3, class_weights="auto")),
         DemoSpec("ct", "anomaly", {**_MICRO2, "patch_size": 8},  # 6 mm: the same 288 mm field as the segmenter
                  {"input_size": 48, "num_samples": n, "num_val_samples": 16, "val_lesion_prob": 0.5,
                   "window": "soft_tissue", "spacing": [6.0, 6.0, 6.0]}, _train(300, 2), anomaly),
         DemoSpec("fundus", "classify", {**_MICRO2, "patch_size": 8},
                  {"input_size": 96, "num_samples": n, "num_val_samples": 32, "crop_scale": [0.85, 1.0],
-                  "rotate": 10.0}, _train(300, 16, 2e-3)),
+                  "rotate": 10.0}, _train(200, 16, 2e-3)),
         DemoSpec("fundus", "segment", {**_MICRO2, "patch_size": 16, "feature_size": 8},
                  {"input_size": 128, "num_samples": n, "num_val_samples": 4}, _train(150, 4, 3e-3)),
         DemoSpec("fundus", "anomaly", {**_MICRO2, "patch_size": 8},
@@ -172,9 +172,9 @@ def _default_specs() -> tuple[DemoSpec, ...]:
                   "rotate": 5.0}, _train(250, 32, 2e-3)),
         DemoSpec("xray", "segment", {**_MICRO2, "patch_size": 16, "feature_size": 8},
                  {"input_size": 96, "num_samples": n, "num_val_samples": 4}, _train(100, 4, 3e-3)),
-        DemoSpec("xray", "anomaly", {**_MICRO2, "patch_size": 16},
-                 {"input_size": 128, "num_samples": n, "num_val_samples": 32, "val_lesion_prob": 0.5},
-                 _train(200, 8), anomaly),
+        DemoSpec("xray", "anomaly", {**_MICRO2, "patch_size": 4, "mask_ratio": 0.75},  # a nodule spans a patch
+                 {"input_size": 64, "num_samples": n, "num_val_samples": 32, "val_lesion_prob": 0.5},
+                 _train(300, 16, 1e-3), anomaly),
         DemoSpec("multispectral", "classify", ms_model,
                  {"input_size": 64, "num_samples": n, "num_val_samples": 32}, _train(150, 16)),
         DemoSpec("multispectral", "segment", {**ms_model, "feature_size": 8},

@@ -145,6 +145,22 @@ class OutputDirs:
                     continue
         return removed
 
+    def png(self, image: np.ndarray, name: str = "view.png") -> str:
+        """Write a displayed picture as a PNG in a fresh folder (atomically) and return its path.
+
+        The app hands Gradio files rather than arrays: Gradio caches arrays under a hash of the picture
+        and rewrites that file in place, so two users shown the same picture at the same moment could
+        read it half-written; files are copied into its cache atomically.
+        """
+        from PIL import Image
+
+        from unimae.core.fileio import atomic_path
+
+        path = self.new() / name
+        with atomic_path(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG", compress_level=3)
+        return str(path)
+
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -341,7 +357,8 @@ class TaskPanel:
             files, report = self.write(pred, file_name, opacity)
             seconds = time.perf_counter() - t0
             log.info("%s: %s input done in %.2f s", self.name, "".join(path.suffixes[-2:]) or "extension-less", seconds)
-            return image, self.summary(view), files, report, self.status(view, entry, file_name, seconds, note), view
+            status = self.status(view, entry, file_name, seconds, note)
+            return self.outputs.png(image), self.summary(view), files, report, status, view
 
     def redraw(
         self,
@@ -360,8 +377,9 @@ class TaskPanel:
         if view is None:
             return gr.update()
         with user_errors(f"{self.name} display"):
-            return self.draw(view, opacity=opacity, plane=plane, index=index, window=window, center=center,
-                             width=width, composite=composite)  # fmt: skip
+            image = self.draw(view, opacity=opacity, plane=plane, index=index, window=window, center=center,
+                              width=width, composite=composite)  # fmt: skip
+            return self.outputs.png(image)
 
     def rethreshold(
         self,
@@ -391,7 +409,7 @@ class TaskPanel:
                               width=width, composite=composite)  # fmt: skip
             name = view.pred.meta.get("path") or "input"
             files, report = self.write(view.pred, Path(str(name)).name, opacity)
-            return image, self.summary(view), files, report, view
+            return self.outputs.png(image), self.summary(view), files, report, view
 
     def controls(self, view: Any, plane: str = "axial") -> tuple[Any, Any]:
         """After a run: the slice slider sized to the volume, the threshold slider around the heat map."""
@@ -409,8 +427,10 @@ class TaskPanel:
         thr_update = gr.update()
         pred = view.pred
         if pred.task == "anomaly" and pred.heatmap is not None:
-            top = float(view.vmax)
+            top = float(np.format_float_positional(float(view.vmax) * 1.02, precision=3, unique=False, fractional=False,
+                                                   trim="-"))  # just above the hottest pixel: the slider's end flags nothing
+            top = max(top, float(view.vmax) * 1.01)
             value = float(pred.threshold) if pred.threshold is not None else 0.5 * top
-            thr_update = gr.update(minimum=0.0, maximum=round(top, 6), value=round(min(value, top), 6),
-                                   step=round(top / 200.0, 8) or 1e-6, interactive=True)  # fmt: skip
+            thr_update = gr.update(minimum=0.0, maximum=top, value=round(min(value, top), 6),
+                                   step=float(f"{top / 1000.0:.2g}") or 1e-6, interactive=True)  # fmt: skip
         return slice_update, thr_update

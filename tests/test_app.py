@@ -493,7 +493,10 @@ def test_panel_threshold_and_redraw_do_not_rerun_the_model(bundle, monkeypatch):
     panel = TaskPanel("ct", "anomaly", ModelCatalog(bundle.models), OutputDirs(60), AppSettings(device="cpu"))
     src = _example(bundle, "ct", "lesions.nii.gz")
     image, summary, files, report, status, view = panel.run(str(src))
-    assert view.kind == "volume" and image.ndim == 3
+    from PIL import Image
+
+    with Image.open(image) as im:  # the picture is handed to Gradio as a PNG file
+        assert view.kind == "volume" and im.mode == "RGB" and min(im.size) >= 64
 
     def boom(*args, **kwargs):
         raise AssertionError("the model ran again")
@@ -506,9 +509,11 @@ def test_panel_threshold_and_redraw_do_not_rerun_the_model(bundle, monkeypatch):
     assert low[3]["pixel_threshold"] == 0.0 and high[3]["anomalous_fraction"] == 0.0
     mask_file = next(f for f in high[2] if "anomaly_mask" in f)
     assert np.asarray(nib.load(mask_file).dataobj).sum() == 0
-    a = panel.redraw(view, 0.6, "coronal", 3, "lung", None, None)
-    b = panel.redraw(view, 0.6, "coronal", 3, "custom", -600.0, 1500.0)
+    a = panel.draw(view, opacity=0.6, plane="coronal", index=3, window="lung", center=None, width=None)
+    b = panel.draw(view, opacity=0.6, plane="coronal", index=3, window="custom", center=-600.0, width=1500.0)
     assert np.array_equal(a, b)  # the lung preset is center -600 / width 1500
+    with Image.open(panel.redraw(view, 0.6, "coronal", 3, "lung", None, None)) as im:
+        assert np.array_equal(np.asarray(im), a)
     slice_upd, thr_upd = panel.controls(view, "sagittal")
     assert slice_upd["maximum"] == view.hu.shape[0] - 1 and thr_upd["maximum"] >= top
     with pytest.raises(Exception, match="width must be"):
