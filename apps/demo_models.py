@@ -155,7 +155,7 @@ def _default_specs() -> tuple[DemoSpec, ...]:
     return (
         DemoSpec("ct", "segment", {**_MICRO2, "patch_size": 8, "feature_size": 8},
                  {"input_size": 32, "num_samples": n, "num_val_samples": 4, **_CT_DATA},
-                 _train(200, 2, 4e-3, class_weights="auto")),
+                 _train(400, 2, 4e-3, class_weights="auto")),
         DemoSpec("ct", "anomaly", {**_MICRO2, "patch_size": 8},  # 6 mm: the same 288 mm field as the segmenter
                  {"input_size": 48, "num_samples": n, "num_val_samples": 16, "val_lesion_prob": 0.5,
                   "window": "soft_tissue", "spacing": [6.0, 6.0, 6.0]}, _train(300, 2), anomaly),

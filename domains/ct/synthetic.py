@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from unimae.core.errors import InputError, look_up
 from unimae.domains.base import Sample, channel_list
 from unimae.domains.ct.augment import resolve_size
-from unimae.domains.ct.preprocess import normalization_record, resolve_window, window_to_model
+from unimae.domains.ct.preprocess import body_mask, normalization_record, resolve_window, window_to_model
 
 __all__ = ["SyntheticCT", "SEG_CLASS_NAMES", "CLASS_HU", "make_phantom"]
 
@@ -211,6 +211,12 @@ class SyntheticCT(Dataset):
         hu, organs, lesions, body = make_phantom(rng, self.size, self.lesion_prob)
         image = window_to_model(torch.from_numpy(hu)[None], self.center, self.width)
         affine = self.affine
+        # the valid region real scans get in preprocess (the body outline found from HU, dilated a little),
+        # not the phantom's exact outline: a model trained on the one and run on the other is unconstrained
+        # in the margin between them (it painted organs into the air around the body)
+        valid = body_mask(hu, affine)
+        if not valid.any():
+            valid = body
         meta: dict[str, Any] = {
             "spatial_dims": 3,
             "channels": channel_list(["CT"]),
@@ -222,7 +228,7 @@ class SyntheticCT(Dataset):
             "crs": None,
             "transform": None,
             "nodata": None,
-            "valid": torch.from_numpy(body),
+            "valid": torch.from_numpy(valid),
             "modality": "CT",
             "path": None,
             "window": {"center": self.center, "width": self.width, "preset": self.preset},
