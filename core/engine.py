@@ -38,7 +38,9 @@ import math
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -207,7 +209,7 @@ class NonFiniteLossError(InputError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after a checkpoint of the last completed step was saved."""
+    """Ctrl-C or SIGTERM during training, after a checkpoint of the last completed step was saved."""
 
     def __init__(self, step: int, checkpoint: Path | None) -> None:
         where = f"checkpoint saved at step {step} ({checkpoint})" if checkpoint else f"stopped at step {step}"
@@ -799,7 +801,8 @@ class Trainer:
         p.window_start = time.perf_counter()
         self._session_start = time.perf_counter() - p.elapsed
         try:
-            self._loop()
+            with self._stop_on_sigterm():
+                self._loop()
         except KeyboardInterrupt:
             saved = None
             if p.step > p.saved_step:
@@ -824,6 +827,29 @@ class Trainer:
             "out_dir": self.out_dir, "rank": self.info.rank,
         }  # fmt: skip
 
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self) -> Iterator[None]:
+        """SIGTERM (a cluster scheduler's preemption notice, ``kill``) ends training like Ctrl-C: the step in
+        flight completes, then the run checkpoints and stops (exit status 130 from the CLI); ``resume=true``
+        continues it. The handler only sets a flag, so a step is never cut in half. Main thread only."""
+        self._stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+
+        previous = signal.signal(signal.SIGTERM, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _check_stop(self) -> None:
+        if getattr(self, "_stop_signal", None) is not None:
+            raise KeyboardInterrupt(f"stopped by signal {signal.Signals(self._stop_signal).name}")
+
     def _loop(self) -> None:
         cfg, p = self.config, self.progress
         while p.step < cfg.max_steps:
@@ -834,6 +860,7 @@ class Trainer:
                 if len(micro) < cfg.accum_steps:
                     break  # end of the epoch (an incomplete accumulation group is dropped)
                 self._train_step(micro)
+                self._check_stop()
             else:
                 break  # max_steps reached inside the epoch: keep the position for a later resume
             p.epoch += 1

@@ -167,6 +167,25 @@ def test_interrupt_and_resume_reproduce_the_uninterrupted_run(tmp_path: Path) ->
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_sigterm_checkpoints_after_the_step_in_flight_and_resumes(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM (preemption) ends training like Ctrl-C, at a step boundary, with a checkpoint."""
+    import os
+    import signal
+
+    def preempt(step: int, metrics: dict) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered now; the trainer only stops after this step
+
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="resume=true") as info:
+        Trainer(tiny_mae(), Blobs(), config=config(max_steps=8), out_dir=out, seed=3, on_step=preempt).fit()
+    assert info.value.step == 3 and (out / "checkpoints" / "step_0000003.state.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is only installed while training
+    result = Trainer(tiny_mae(), Blobs(), config=config(max_steps=8), out_dir=out, seed=3, resume=True).fit()
+    assert result["step"] == 8 and [r["step"] for r in read_metrics(out / "metrics.csv")] == list(range(1, 9))
+
+
 def test_resume_crosses_epochs_and_continues_a_finished_run(tmp_path: Path) -> None:
     # 48 samples / batch 8 = 6 steps per epoch: 4 + (resume) 4 crosses an epoch boundary mid-way
     data = Blobs()
