@@ -29,6 +29,7 @@ __all__ = [
     "wrap_ddp",
     "unwrap",
     "all_reduce_mean",
+    "all_reduce_max",
     "all_gather_objects",
     "cleanup",
 ]
@@ -134,6 +135,13 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum of ``tensor`` over ranks, in place and returned (unchanged in a single process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 

@@ -829,26 +829,36 @@ class Trainer:
 
     @contextlib.contextmanager
     def _stop_on_sigterm(self) -> Iterator[None]:
-        """SIGTERM (a cluster scheduler's preemption notice, ``kill``) ends training like Ctrl-C: the step in
-        flight completes, then the run checkpoints and stops (exit status 130 from the CLI); ``resume=true``
-        continues it. The handler only sets a flag, so a step is never cut in half. Main thread only."""
+        """SIGTERM (a cluster scheduler's preemption notice, ``kill``) and a first Ctrl-C end training at a step
+        boundary: the step in flight completes, then the run checkpoints and stops (exit status 130 from the
+        CLI); ``resume=true`` continues it. A second Ctrl-C interrupts at once. The handlers only set a flag,
+        so an optimizer step is never cut in half. Installed in the main thread only, while training."""
         self._stop_signal: int | None = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT and self._stop_signal is not None:
+                raise KeyboardInterrupt  # the second Ctrl-C
             self._stop_signal = signum
+            if signum == signal.SIGINT and self.is_main:
+                print("\nunimae: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
 
-        previous = signal.signal(signal.SIGTERM, request_stop)
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _check_stop(self) -> None:
-        if getattr(self, "_stop_signal", None) is not None:
-            raise KeyboardInterrupt(f"stopped by signal {signal.Signals(self._stop_signal).name}")
+        signum = getattr(self, "_stop_signal", None)
+        if du.is_distributed():  # every rank stops after the same step, or the others would wait forever
+            flag = torch.tensor([float(signum or 0)], device=self.device)
+            signum = int(du.all_reduce_max(flag).item()) or None
+        if signum is not None:
+            raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
     def _loop(self) -> None:
         cfg, p = self.config, self.progress

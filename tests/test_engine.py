@@ -182,6 +182,16 @@ def test_sigterm_checkpoints_after_the_step_in_flight_and_resumes(tmp_path: Path
         Trainer(tiny_mae(), Blobs(), config=config(max_steps=8), out_dir=out, seed=3, on_step=preempt).fit()
     assert info.value.step == 3 and (out / "checkpoints" / "step_0000003.state.json").is_file()
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is only installed while training
+    # a first Ctrl-C also stops at the step boundary
+    sigint = tmp_path / "sigint"
+
+    def ctrl_c(step: int, metrics: dict) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        Trainer(tiny_mae(), Blobs(), config=config(max_steps=8), out_dir=sigint, seed=3, on_step=ctrl_c).fit()
+    assert info.value.step == 2 and (sigint / "checkpoints" / "step_0000002.state.json").is_file()
     result = Trainer(tiny_mae(), Blobs(), config=config(max_steps=8), out_dir=out, seed=3, resume=True).fit()
     assert result["step"] == 8 and [r["step"] for r in read_metrics(out / "metrics.csv")] == list(range(1, 9))
 
