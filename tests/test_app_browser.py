@@ -206,6 +206,7 @@ def test_fundus_anomaly_threshold_in_the_browser(browser_app, tmp_path):
     box.wait_for()
     page.wait_for_function("() => { const b = document.querySelector('#fundus_anomaly-threshold input[type=number]');"
                            " return b && parseFloat(b.value) > 0; }")  # set to the calibrated threshold
+    _screenshot(page, tmp_path, "fundus_anomaly")
     before = page.locator("#fundus_anomaly-image img").first.get_attribute("src")
     slider = page.locator("#fundus_anomaly-threshold input[type=range]")
     slider.focus()
