@@ -434,6 +434,9 @@ def build_demo(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, root)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the trainer's "resume=true" advice does not apply here
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KeyboardInterrupt("demo build interrupted; nothing was kept, the next start builds again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

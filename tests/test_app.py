@@ -291,6 +291,22 @@ def test_demo_build_is_complete_and_reused(bundle):
     assert anomaly["pixel_threshold"] is not None and anomaly["image_threshold"] is not None  # calibrated
 
 
+def test_interrupted_demo_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM during the first-start build: no half-built cache, and a message that fits."""
+    import unimae.apps.finetune as ft
+    from unimae.apps.demo_models import build_demo, load_demo
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted; checkpoint saved at step 3; continue with resume=true")
+
+    monkeypatch.setattr(ft, "finetune", stopped)
+    root = tmp_path / "cache" / "demo"
+    with pytest.raises(KeyboardInterrupt, match="nothing was kept") as info:
+        build_demo(root, profile="test", progress=False)
+    assert "resume=true" not in str(info.value)
+    assert load_demo(root) is None and list((tmp_path / "cache").iterdir()) == []
+
+
 def test_model_catalog_lists_demo_and_local_checkpoints(bundle, tmp_path):
     import shutil
 
