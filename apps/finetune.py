@@ -725,7 +725,8 @@ def init_architecture(init: InitSource, task: str) -> dict[str, Any]:
         return {}
     cfg = dict(init.meta.get("model_config") or {})
     if task == "anomaly" and init.meta.get("model_class") == "MaskedAutoencoder":
-        return {k: v for k, v in cfg.items() if k != "drop_path_rate"}
+        # training choices stay the config's: the masking ratio, and whether to add a variance head
+        return {k: v for k, v in cfg.items() if k not in ("drop_path_rate", "mask_ratio", "predict_variance")}
     arch = encoder_args(cfg)
     return {k: v for k, v in arch.items() if k in _ARCH_KEYS}
 
@@ -751,6 +752,11 @@ def load_init(model: nn.Module, init: InitSource, *, task: str, allow_pickle: bo
             result = model.load_state_dict(tensors, strict=False)
             missing, unused = sorted(result.missing_keys), sorted(result.unexpected_keys)
             what = "the whole masked autoencoder"
+            fresh = [k for k in missing if k.startswith("decoder_logvar.")]  # a variance head added here
+            unused = [k for k in unused if not k.startswith("decoder_logvar.")]  # or dropped here
+            if fresh:
+                missing = [k for k in missing if k not in fresh]
+                what += " (the variance head starts fresh)"
         else:
             enc_missing, enc_unused = load_encoder_from_mae(model, tensors)
             missing, unused = [f"encoder.{k}" for k in enc_missing], [f"encoder.{k}" for k in enc_unused]

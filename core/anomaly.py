@@ -3,7 +3,10 @@
 A masked autoencoder trained on normal images only reconstructs normal anatomy well and anomalies
 badly. With ``K`` complementary masks every patch is reconstructed exactly once while hidden; the
 per-pixel error (in the normalised-patch space the model was trained in), smoothed, is the anomaly
-map, and the mean of its top fraction is the image score. Thresholds are calibrated on normal
+map, and the mean of its top fraction is the image score. A model that predicts a variance per pixel
+(``predict_variance``) gives the uncertainty-normalised error ``(x - mu)^2 / sigma^2`` instead (Mao et al.,
+MICCAI 2020): edges it cannot place exactly get a large variance and are discounted, homogeneous
+tissue gets a small one and a lesion there stands out. Thresholds are calibrated on normal
 validation images at a chosen false-positive rate.
 """
 
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from monai.networks.layers import GaussianFilter
 
-from unimae.core.losses import normalize_patches
+from unimae.core.losses import LOGVAR_RANGE, normalize_patches
 from unimae.core.mae import MaskedAutoencoder
 from unimae.core.masking import complementary_masks
 from unimae.core.patch_embed import unpatchify
@@ -34,7 +37,8 @@ def anomaly_map(
     norm_pix: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Per-pixel anomaly map ``(B, *S)`` (float32, 0 outside ``valid``).
+    """Per-pixel anomaly map ``(B, *S)`` (float32, 0 outside ``valid``): the squared error or, for a model
+    with ``predict_variance``, the squared error divided by the predicted variance; then smoothed.
 
     Args:
         model: a MAE (trained on normal images).
@@ -59,7 +63,10 @@ def anomaly_map(
         target = out["patches"].float()
         if norm_pix:
             target = normalize_patches(target)
-        err = (out["pred"].float() - target).pow(2).mean(2)  # (B, N, P): mean over channels
+        err = (out["pred"].float() - target).pow(2)
+        if out.get("logvar") is not None:
+            err = err * torch.exp(-out["logvar"].float().clamp(*LOGVAR_RANGE))
+        err = err.mean(2)  # (B, N, P): mean over channels
         errors = torch.where(hidden[..., None], err, errors)
     amap = unpatchify(errors[:, :, None], grid, patch)  # (B, 1, *S')
     crop = tuple(slice(0, s) for s in x.shape[2:])

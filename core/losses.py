@@ -6,7 +6,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["mae_loss", "normalize_patches"]
+__all__ = ["mae_loss", "normalize_patches", "gaussian_nll", "LOGVAR_RANGE", "NLL_BETA"]
+
+LOGVAR_RANGE = (-10.0, 6.0)
+"""Predicted log-variances are clamped to this range (in the loss and the anomaly map) for stability."""
+NLL_BETA = 0.5
+"""beta of the beta-NLL (Seitzer et al., ICLR 2022): each value's NLL is weighted by ``var**beta`` (detached).
+Plain NLL (beta 0) lets the model explain hard regions away with a large variance and the mean is
+learned badly (on the CT phantoms the liver's squared error stayed 4x higher); beta 1 is the MSE's gradient."""
 
 
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -16,20 +23,37 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (patches - mean) / (var + eps).sqrt()
 
 
+def gaussian_nll(
+    pred: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, beta: float = NLL_BETA
+) -> torch.Tensor:
+    """Per-value Gaussian negative log-likelihood ``0.5 * ((target - pred)^2 / var + log var)`` (without the
+    constant), ``logvar`` clamped to :data:`LOGVAR_RANGE`, weighted by ``var.detach() ** beta`` (beta-NLL)."""
+    logvar = logvar.float().clamp(*LOGVAR_RANGE)
+    nll = 0.5 * ((target - pred).pow(2) * torch.exp(-logvar) + logvar)
+    if beta:
+        nll = nll * torch.exp(beta * logvar.detach())
+    return nll
+
+
 def mae_loss(
-    out: dict[str, Any], *, norm_pix: bool = True, gradient_weight: float = 0.5
+    out: dict[str, Any], *, norm_pix: bool = True, gradient_weight: float = 0.5, nll_beta: float = NLL_BETA
 ) -> dict[str, torch.Tensor]:
     """Mean squared error on hidden, valid patches (and hidden channels), plus the optional gradient term.
 
     A ``(token, channel)`` pair is scored when the token is hidden or, with channel masking, the channel
-    was dropped — and the token is valid (enough of it inside ``valid``). Returns ``loss`` (the total),
-    ``pixel`` and, with a gradient branch, ``gradient``; each a scalar float32 tensor.
+    was dropped — and the token is valid (enough of it inside ``valid``). When the model predicts a
+    variance (``out["logvar"]``) the pixel term is the (beta-)Gaussian NLL of :func:`gaussian_nll` instead of
+    the squared error. Returns ``loss`` (the total), ``pixel`` and, with a gradient branch, ``gradient``;
+    each a scalar float32 tensor.
     """
     pred = out["pred"].float()
     target = out["patches"].float()
     if norm_pix:
         target = normalize_patches(target)
-    err = (pred - target).pow(2).mean(-1)  # (B, N, C)
+    if out.get("logvar") is not None:
+        err = gaussian_nll(pred, out["logvar"], target, nll_beta).mean(-1)  # (B, N, C)
+    else:
+        err = (pred - target).pow(2).mean(-1)  # (B, N, C)
     weight = out["mask"][:, :, None].expand_as(err)
     if out.get("channel_keep") is not None:
         weight = weight | ~out["channel_keep"][:, None, :].to(weight.device)

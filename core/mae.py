@@ -46,6 +46,10 @@ class MaskedAutoencoder(nn.Module):
         min_valid_fraction: a patch with less valid area than this is never visible nor scored.
         gradient_branch: add a decoder branch predicting the Sobel gradient map (Uni4Eye).
         gradient_depth: transformer blocks of that branch.
+        predict_variance: the decoder also predicts a log-variance per target value (``logvar`` in the
+            output), trained with the Gaussian negative log-likelihood; the anomaly map then divides the
+            squared error by the predicted variance (Mao et al., MICCAI 2020), which discounts the edges the
+            model knows it cannot place exactly.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class MaskedAutoencoder(nn.Module):
         min_valid_fraction: float = 0.5,
         gradient_branch: bool = False,
         gradient_depth: int = 1,
+        predict_variance: bool = False,
     ) -> None:
         super().__init__()
         look_up(masking, MASKING_MODES, what="masking")
@@ -105,6 +110,9 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_blocks = build_blocks(decoder_dim, decoder_depth, decoder_heads, mlp_ratio)
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, n_out * self.voxels_per_patch)
+        self.predict_variance = bool(predict_variance)
+        if self.predict_variance:
+            self.decoder_logvar = nn.Linear(decoder_dim, n_out * self.voxels_per_patch)
         self.gradient_branch = bool(gradient_branch)
         if self.gradient_branch:
             self.gradient_blocks = build_blocks(decoder_dim, gradient_depth, decoder_heads, mlp_ratio)
@@ -115,6 +123,9 @@ class MaskedAutoencoder(nn.Module):
         if self.gradient_branch:
             for m in (self.gradient_blocks, self.gradient_norm, self.gradient_pred):
                 m.apply(_init_weights)
+        if self.predict_variance:  # starts at unit variance everywhere
+            nn.init.zeros_(self.decoder_logvar.weight)
+            nn.init.zeros_(self.decoder_logvar.bias)
         nn.init.normal_(self.mask_token, std=0.02)
 
     @property
@@ -156,8 +167,9 @@ class MaskedAutoencoder(nn.Module):
         Returns:
             dict with ``pred`` ``(B, N, C, P)`` (normalised-pixel space if trained so), ``patches`` the
             input patches ``(B, N, C, P)``, ``mask`` ``(B, N)`` True = hidden, ``token_valid`` ``(B, N)``
-            or None, ``channel_keep`` ``(B, C)`` or None, ``grid``, ``spatial_shape`` and, with the gradient
-            branch, ``grad_pred`` and ``grad_target`` ``(B, N, 1, P)``.
+            or None, ``channel_keep`` ``(B, C)`` or None, ``grid``, ``spatial_shape``; with
+            ``predict_variance`` ``logvar`` ``(B, N, C, P)`` (unclamped; see :data:`~unimae.core.losses.LOGVAR_RANGE`)
+            and, with the gradient branch, ``grad_pred`` and ``grad_target`` ``(B, N, 1, P)``.
         """
         enc = self.encoder
         prep = enc.prepare(x, valid, channels)
@@ -182,8 +194,10 @@ class MaskedAutoencoder(nn.Module):
         dec = self._decode(latent, spec, grid)
         pred = self.decoder_pred(dec)  # (B, N, n_out * P)
         pred = pred.reshape(b, n, -1, self.voxels_per_patch)
+        logvar = self.decoder_logvar(dec).reshape(b, n, -1, self.voxels_per_patch) if self.predict_variance else None
         if band_idx is not None and (len(band_idx) != pred.shape[2] or band_idx != list(range(pred.shape[2]))):
             pred = pred[:, :, band_idx]
+            logvar = None if logvar is None else logvar[:, :, band_idx]
         out: dict[str, Any] = {
             "pred": pred,
             "patches": patches,
@@ -193,6 +207,8 @@ class MaskedAutoencoder(nn.Module):
             "grid": grid,
             "spatial_shape": prep["spatial_shape"],
         }
+        if logvar is not None:
+            out["logvar"] = logvar
         if self.gradient_branch:
             g = dec
             for blk in self.gradient_blocks:
