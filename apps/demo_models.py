@@ -156,9 +156,11 @@ def _default_specs() -> tuple[DemoSpec, ...]:
         DemoSpec("ct", "segment", {**_MICRO2, "patch_size": 8, "feature_size": 8},
                  {"input_size": 32, "num_samples": n, "num_val_samples": 4, **_CT_DATA},
                  _train(400, 2, 4e-3, class_weights="auto")),
-        DemoSpec("ct", "anomaly", {**_MICRO2, "patch_size": 8},  # 6 mm: the same 288 mm field as the segmenter
-                 {"input_size": 48, "num_samples": n, "num_val_samples": 16, "val_lesion_prob": 0.5,
-                  "window": "soft_tissue", "spacing": [6.0, 6.0, 6.0]}, _train(300, 2), anomaly),
+        # CT anomaly as configs/ct/anomaly.yaml: a variance head, trained hiding what the K masks hide, no flips
+        DemoSpec("ct", "anomaly", {**_MICRO2, "embed_dim": 32, "num_heads": 2, "decoder_dim": 32, "decoder_depth": 1,
+                                   "decoder_heads": 2, "patch_size": 8, "mask_ratio": 0.25, "predict_variance": True},
+                 {"input_size": 32, "num_samples": n, "num_val_samples": 32, "val_lesion_prob": 0.5, "flip_prob": 0.0,
+                  **_CT_DATA}, _train(2500, 4), {**anomaly, "sigma": 1.0, "top_fraction": 0.001}),
         DemoSpec("fundus", "classify", {**_MICRO2, "patch_size": 8},
                  {"input_size": 96, "num_samples": n, "num_val_samples": 32, "crop_scale": [0.85, 1.0],
                   "rotate": 10.0}, _train(200, 16, 2e-3)),

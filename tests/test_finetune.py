@@ -232,9 +232,8 @@ def test_anomaly_auroc_beats_chance_and_thresholds_are_calibrated(domain: str, e
 
 
 def test_ct_anomaly_trains_on_normal_volumes_and_stores_thresholds(tmp_path: Path) -> None:
-    """The 3D anomaly path: training on normal volumes, validation with lesions and calibration. Detection
-    quality is NOT asserted: with hypodense 2-3 voxel-radius lesions at 32^3 a tiny MAE trained for a CPU test
-    budget still reconstructs the spine and muscle/fat edges worse than the lesions (image AUROC ~0.55-0.67)."""
+    """The 3D anomaly path as configured (variance head, mask ratio 1/k, no flips): training on normal volumes,
+    validation with lesions, calibration and the variance head in the checkpoint (detection: the next test)."""
     out = tmp_path / "run"
     result = run("ct", "anomaly", out, "data.num_samples=16", "data.num_val_samples=8", "train.max_steps=4",
                  "train.batch_size=2", "train.val_every=2", "model.patch_size=8")  # fmt: skip
@@ -245,9 +244,56 @@ def test_ct_anomaly_trains_on_normal_volumes_and_stores_thresholds(tmp_path: Pat
     a = meta["anomaly"]
     assert a["calibration_images"] == normals > 0 and a["k"] == 4 and a["norm_pix"] is False
     assert a["image_threshold"] > 0 and a["pixel_threshold"] > 0
-    assert meta["contract"]["mask_ratio"] == plugin.recipes["pretrain"]["mask_ratio"]
+    assert a["sigma"] == 1.0 and a["top_fraction"] == 0.001
+    assert meta["contract"]["mask_ratio"] == 1.0 / a["k"]  # trained as inference hides
     assert meta["contract"]["norm_pix"] is False
     assert meta["contract"]["preprocess"] == {"window": "soft_tissue", "spacing": [1.5, 1.5, 1.5]}
+    model, _ = load_checkpoint(out / "best")
+    assert model.predict_variance
+    with torch.no_grad():
+        out_fwd = model(val[0].image[None].float(), valid=val[0].valid[None])
+    assert out_fwd["logvar"].shape == out_fwd["pred"].shape
+
+
+def _image_auroc(model: torch.nn.Module, a: dict, n: int) -> float:
+    """Image AUROC of ``model`` on the synthetic CT validation set, scored exactly as fine-tuning scores it."""
+    from unimae.core.metrics import auroc
+
+    ds = get_domain("ct").synthetic(n, seed=100_003, size=SIZE["ct"], task="anomaly", lesion_prob=0.5)
+    scores, labels = [], []
+    for i in range(n):
+        s = ds[i]
+        with torch.no_grad():
+            m = anomaly_map(model, s.image[None].float(), valid=s.valid[None], k=a["k"], sigma=a["sigma"],
+                            norm_pix=a["norm_pix"], generator=torch.Generator().manual_seed(0))  # fmt: skip
+        scores.append(float(image_scores(m, s.valid[None], a["top_fraction"])[0]))
+        labels.append(int(s.label))
+    return auroc(np.array(scores), np.array(labels))
+
+
+@pytest.mark.slow
+def test_ct_anomaly_with_variance_beats_chance_and_an_untrained_model(tmp_path: Path) -> None:
+    """Hypodense liver/spleen lesions in 32^3 trunk phantoms: the MAE with the variance head, trained on normal
+    volumes, beats chance AND the same architecture untrained, scored the same way (so the statistics of the
+    scoring alone cannot pass it). 2500 steps, about 95 s on 2 CPU cores; measured trained 0.78, untrained 0.39.
+    Marked slow because the margin is not yet seed-robust at this budget: seeds 1 and 2 gave 0.83 and 0.59 on their
+    own 48-volume validation sets, and another CPU's rounding can take the run down another seed's path."""
+    from unimae.core.checkpoint import build_model
+
+    out = tmp_path / "run"
+    n_val = 48
+    result = run("ct", "anomaly", out, "model.patch_size=8", "data.num_samples=10000", f"data.num_val_samples={n_val}",
+                 "train.max_steps=2500", "train.batch_size=4", "train.lr=1.5e-3", "train.weight_decay=0.02",
+                 "train.warmup_steps=160", "train.val_every=2500", "train.save_every=2500", "train.log_every=500")  # fmt: skip
+    meta = check_run(result, out, "ct", "anomaly")
+    trained, _ = load_checkpoint(out / "best")
+    torch.manual_seed(0)
+    untrained = build_model(meta).eval()
+    a = meta["anomaly"]
+    ours, control = _image_auroc(trained, a, n_val), _image_auroc(untrained, a, n_val)
+    print(f"ct anomaly image AUROC: trained {ours:.3f}, untrained {control:.3f}")
+    assert ours == pytest.approx(result["best_value"], abs=1e-6)  # the same scoring as validation
+    assert ours > 0.7 and ours > control + 0.15, (ours, control)
 
 
 def test_fundus_grading_beats_chance(tmp_path: Path) -> None:
