@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 DEMO_FORMAT = 1
+DEMO_REVISION = 2  # bump when training or scoring code changes what the same recipe builds (2: anomaly maps score
+# only the patches the MAE was trained to reconstruct, so the thresholds of an older build are stale)
 DEMO_TASKS: tuple[tuple[str, str], ...] = (
     ("ct", "segment"),
     ("ct", "anomaly"),
@@ -243,9 +245,10 @@ def _package_version() -> str:
 
 
 def demo_version(profile: str | DemoProfile = "default") -> str:
-    """A short hash of the UniMAE version and the profile's recipes: a new recipe means a new cache folder."""
+    """A short hash of the UniMAE version, :data:`DEMO_REVISION` and the profile's recipes: a new recipe means a new
+    cache folder."""
     prof = PROFILES[look_up(profile, PROFILES, what="demo profile")] if isinstance(profile, str) else profile
-    blob = json.dumps({"format": DEMO_FORMAT, "unimae": _package_version(), "profile": asdict(prof)},
+    blob = json.dumps({"format": DEMO_FORMAT, "revision": DEMO_REVISION, "unimae": _package_version(), "profile": asdict(prof)},
                       sort_keys=True, default=str)  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

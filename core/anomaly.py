@@ -19,7 +19,7 @@ from monai.networks.layers import GaussianFilter
 
 from unimae.core.losses import LOGVAR_RANGE, normalize_patches
 from unimae.core.mae import MaskedAutoencoder
-from unimae.core.masking import complementary_masks
+from unimae.core.masking import complementary_masks, token_validity
 from unimae.core.patch_embed import unpatchify
 
 __all__ = ["anomaly_map", "image_scores", "calibrate_threshold"]
@@ -38,7 +38,9 @@ def anomaly_map(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per-pixel anomaly map ``(B, *S)`` (float32, 0 outside ``valid``): the squared error or, for a model
-    with ``predict_variance``, the squared error divided by the predicted variance; then smoothed.
+    with ``predict_variance``, the squared error divided by the predicted variance; then smoothed. Pixels of
+    patches with less than the model's ``min_valid_fraction`` of valid area are 0 before smoothing (the model
+    never learned to reconstruct them).
 
     Args:
         model: a MAE (trained on normal images).
@@ -68,6 +70,14 @@ def anomaly_map(
             err = err * torch.exp(-out["logvar"].float().clamp(*LOGVAR_RANGE))
         err = err.mean(2)  # (B, N, P): mean over channels
         errors = torch.where(hidden[..., None], err, errors)
+    # only patches the MAE was trained to reconstruct are scored: one less than ``min_valid_fraction`` valid (the rim
+    # of a fundus field of view, a body outline, a nodata edge) is never hidden nor scored in training, so its error
+    # says nothing about the image (measured: CT phantom AUROC 0.69-0.83 -> 0.87-0.94 over three runs)
+    # (an input too small or thin to have any such patch, e.g. a 12-slice volume under 16-voxel patches, keeps them all)
+    tok = token_validity(prep["valid"], patch, model.min_valid_fraction)
+    if tok is not None:
+        keep = tok | ~tok.any(1, keepdim=True)
+        errors = errors * keep[..., None].to(errors.dtype)
     amap = unpatchify(errors[:, :, None], grid, patch)  # (B, 1, *S')
     crop = tuple(slice(0, s) for s in x.shape[2:])
     amap = amap[(..., *crop)]

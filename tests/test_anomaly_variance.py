@@ -101,3 +101,26 @@ def test_anomaly_map_discounts_high_predicted_variance() -> None:
         plain.decoder_pred.weight.zero_()
         plain.decoder_pred.bias.zero_()
     assert torch.allclose(anomaly_map(plain, x, k=4, sigma=0, norm_pix=False), torch.ones(1, 16, 16))
+
+
+def test_anomaly_map_scores_only_patches_the_model_was_trained_on() -> None:
+    """A patch less than ``min_valid_fraction`` valid is never hidden nor scored in training: its pixels get 0,
+    while valid pixels of well-covered patches keep their error."""
+    model = tiny().eval()
+    x = torch.rand(1, 1, 16, 16)
+    valid = torch.zeros(1, 16, 16, dtype=torch.bool)
+    valid[:, :, :8] = True  # the left half: 2 patch columns fully valid
+    valid[:, :, 8] = True  # one column of the third patch column: 25 % valid, below the 0.5 default
+    amap = anomaly_map(model, x, valid=valid, k=4, sigma=0.0, norm_pix=False, generator=torch.Generator().manual_seed(0))
+    assert torch.all(amap[:, :, 8:] == 0)  # the 25 %-valid patches and everything invalid
+    assert torch.all(amap[:, :, :8] > 0)  # squared errors of an untrained model: positive everywhere it is scored
+    # with the threshold at 0.25 those patches were trained and are scored again
+    model.min_valid_fraction = 0.25
+    amap = anomaly_map(model, x, valid=valid, k=4, sigma=0.0, norm_pix=False, generator=torch.Generator().manual_seed(0))
+    assert torch.all(amap[:, :, 8] > 0) and torch.all(amap[:, :, 9:] == 0)
+    # an input with no patch valid enough (too small or thin) is scored on its valid pixels rather than not at all
+    thin = torch.zeros(1, 16, 16, dtype=torch.bool)
+    thin[:, :, :1] = True
+    model.min_valid_fraction = 0.5
+    amap = anomaly_map(model, x, valid=thin, k=4, sigma=0.0, norm_pix=False, generator=torch.Generator().manual_seed(0))
+    assert torch.all(amap[:, :, 0] > 0) and torch.all(amap[:, :, 1:] == 0)

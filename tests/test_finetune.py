@@ -271,13 +271,11 @@ def _image_auroc(model: torch.nn.Module, a: dict, n: int) -> float:
     return auroc(np.array(scores), np.array(labels))
 
 
-@pytest.mark.slow
 def test_ct_anomaly_with_variance_beats_chance_and_an_untrained_model(tmp_path: Path) -> None:
     """Hypodense liver/spleen lesions in 32^3 trunk phantoms: the MAE with the variance head, trained on normal
     volumes, beats chance AND the same architecture untrained, scored the same way (so the statistics of the
-    scoring alone cannot pass it). 2500 steps, about 95 s on 2 CPU cores; measured trained 0.78, untrained 0.39.
-    Marked slow because the margin is not yet seed-robust at this budget: seeds 1 and 2 gave 0.83 and 0.59 on their
-    own 48-volume validation sets, and another CPU's rounding can take the run down another seed's path."""
+    scoring alone cannot pass it). 2500 steps, about 90 s on 2 CPU cores. Measured: trained 0.88, untrained 0.57;
+    seeds 1 and 2 (each on its own 48-volume validation set) gave 0.86 and 0.79."""
     from unimae.core.checkpoint import build_model
 
     out = tmp_path / "run"
@@ -293,7 +291,7 @@ def test_ct_anomaly_with_variance_beats_chance_and_an_untrained_model(tmp_path: 
     ours, control = _image_auroc(trained, a, n_val), _image_auroc(untrained, a, n_val)
     print(f"ct anomaly image AUROC: trained {ours:.3f}, untrained {control:.3f}")
     assert ours == pytest.approx(result["best_value"], abs=1e-6)  # the same scoring as validation
-    assert ours > 0.7 and ours > control + 0.15, (ours, control)
+    assert ours > 0.75 and ours > control + 0.15, (ours, control)
 
 
 def test_fundus_grading_beats_chance(tmp_path: Path) -> None:
