@@ -415,14 +415,14 @@ class TaskPanel:
         """After a run: the slice slider sized to the volume, the threshold slider around the heat map."""
         import gradio as gr
 
-        from unimae.apps.ui_render import middle_slice, slice_count
+        from unimae.apps.ui_render import slice_count, start_slice
 
         if view is None:
             return gr.update(), gr.update()
         slice_update = gr.update()
         if view.kind == "volume":
             n = slice_count(view, plane or "axial")
-            slice_update = gr.update(minimum=0, maximum=max(n - 1, 1), value=middle_slice(view, plane or "axial"),
+            slice_update = gr.update(minimum=0, maximum=max(n - 1, 1), value=start_slice(view, plane or "axial"),
                                      step=1, interactive=n > 1, label=f"{plane} slice (of {n})")  # fmt: skip
         thr_update = gr.update()
         pred = view.pred

@@ -33,6 +33,7 @@ __all__ = [
     "render",
     "slice_count",
     "middle_slice",
+    "start_slice",
     "plane_slice",
     "window_grey",
     "class_colours",
@@ -373,6 +374,15 @@ def middle_slice(view: ResultView, plane: str) -> int:
     return slice_count(view, plane) // 2
 
 
+def start_slice(view: ResultView, plane: str) -> int:
+    """The slice a volume opens at: through the hottest voxel of an anomaly map (where a reader looks first),
+    else the middle one."""
+    if view.kind == "volume" and view.heat is not None and view.heat.size and float(view.heat.max()) > 0:
+        hottest = np.unravel_index(int(np.argmax(view.heat)), view.heat.shape)
+        return int(hottest[_PLANE_AXIS[look_up(plane, PLANES, what="plane")]])
+    return middle_slice(view, plane)
+
+
 def _composite(view: ResultView, composite: str) -> np.ndarray:
     from unimae.domains.multispectral.plotting import rgb_composite
 
@@ -427,7 +437,7 @@ def render(
     aspect = (1.0, 1.0)
     if view.kind == "volume":
         plane = look_up(plane, PLANES, what="plane")
-        index = middle_slice(view, plane) if index is None else int(index)
+        index = start_slice(view, plane) if index is None else int(index)
         base = window_grey(plane_slice(view.hu, plane, index), *window)
         labels = plane_slice(view.labels, plane, index) if view.labels is not None else None
         heat = plane_slice(view.heat, plane, index) if view.heat is not None else None

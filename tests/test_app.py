@@ -534,3 +534,15 @@ def test_panel_threshold_and_redraw_do_not_rerun_the_model(bundle, monkeypatch):
     assert slice_upd["maximum"] == view.hu.shape[0] - 1 and thr_upd["maximum"] >= top
     with pytest.raises(Exception, match="width must be"):
         panel.redraw(view, 0.6, "axial", 0, "custom", 40.0, -5.0)
+
+
+def test_volume_opens_at_the_hottest_slice_of_an_anomaly_map():
+    hu = np.zeros((10, 12, 14), np.float32)
+    seg = R.ResultView(pred=None, kind="volume", hu=hu, labels=np.zeros(hu.shape, np.int64))
+    assert [R.start_slice(seg, p) for p in ("sagittal", "coronal", "axial")] == [5, 6, 7]  # the middle
+    heat = np.zeros(hu.shape, np.float32)
+    heat[2, 9, 3] = 4.0
+    heat[8, 1, 12] = 1.0
+    ano = R.ResultView(pred=None, kind="volume", hu=hu, heat=heat)
+    assert [R.start_slice(ano, p) for p in ("sagittal", "coronal", "axial")] == [2, 9, 3]
+    assert R.start_slice(R.ResultView(pred=None, kind="volume", hu=hu, heat=np.zeros(hu.shape, np.float32)), "axial") == 7
