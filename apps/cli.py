@@ -210,9 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_finetune)
 
     from unimae.apps.app import add_app_parser
+    from unimae.apps.commands import add_evaluate_parser, add_predict_parser
     from unimae.apps.demo_models import add_demo_parser
-    from unimae.apps.evaluate import add_evaluate_parser
-    from unimae.apps.predict import add_predict_parser
 
     add_evaluate_parser(sub)
     add_predict_parser(sub)

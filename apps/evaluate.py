@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unimae.apps.commands import DEFAULT_SYNTHETIC_SAMPLES, EVAL_SEED, add_evaluate_parser  # noqa: F401 (re-exported)
 from unimae.core import metrics as M
 from unimae.core.checkpoint import checkpoint_paths, read_checkpoint_meta
 from unimae.core.errors import InputError
@@ -56,9 +57,6 @@ from unimae.domains.base import DomainPlugin, Sample
 __all__ = ["EVAL_SEED", "evaluate", "add_evaluate_parser", "run_evaluate"]
 
 PROG = "unimae"
-EVAL_SEED = 909_091
-"""Default seed of ``--data synthetic``: unlike fine-tuning's train (``seed``) and val (``seed + 100003``) seeds."""
-DEFAULT_SYNTHETIC_SAMPLES = 32
 _SYNTHETIC = ("synthetic", "synth")
 _CHECKPOINT_KEYS = ("step", "epoch", "best_metric", "best_value", "monitor", "init")
 
@@ -659,38 +657,6 @@ def headline(result: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------
 # the CLI command
 # ------------------------------------------------------------------------------------------------
-def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``unimae evaluate`` to an argparse ``subparsers`` object; it runs :func:`run_evaluate`."""
-    from unimae.core.precision import PRECISIONS
-
-    p = subparsers.add_parser(
-        "evaluate",
-        help="score a fine-tuned model on labelled data",
-        description="Evaluate a classification, segmentation or anomaly checkpoint on a CSV manifest, a folder "
-        "(class folders, images + masks) or fresh synthetic data. Writes OUT/metrics.json, OUT/per_case.csv and "
-        "plots (confusion matrix and ROC; per-class Dice; anomaly ROC). Segmentation and anomaly maps are "
-        "compared with the masks on each file's own grid, inside its valid region.",
-    )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (NAME, NAME.json or NAME.safetensors)")
-    p.add_argument("--data", required=True, metavar="MANIFEST_OR_FOLDER",
-                   help="a CSV manifest, a dataset folder, or 'synthetic'")  # fmt: skip
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--num-samples", type=int, default=None, metavar="N",
-                   help=f"synthetic cases (default {DEFAULT_SYNTHETIC_SAMPLES}); for files, only the first N")  # fmt: skip
-    p.add_argument("--seed", type=int, default=None, metavar="S", help=f"synthetic data seed (default {EVAL_SEED})")
-    p.add_argument("--split", default=None, help="train, val or test rows/folders (default: test, else val)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="anomaly pixel threshold or multi-label decision threshold (default: calibrated / 0.5)")  # fmt: skip
-    p.add_argument("--image-threshold", type=float, default=None, help="anomaly image-score threshold (default: calibrated)")
-    p.add_argument("--ignore-index", type=int, default=None, metavar="V",
-                   help="segmentation: mask value of unlabelled pixels, not scored (e.g. 255)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="auto: bf16 where the hardware runs it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_evaluate)
-    return p
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``unimae evaluate``: 0 on success; bad input prints ``unimae: error: ...`` and returns 2."""
     try:

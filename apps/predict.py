@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unimae.apps.commands import add_predict_parser  # noqa: F401 (re-exported)
 from unimae.core.anomaly import anomaly_map
 from unimae.core.checkpoint import checkpoint_paths, load_checkpoint
 from unimae.core.errors import InputError, look_up
@@ -1380,30 +1381,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 # ------------------------------------------------------------------------------------------------
 # the CLI command
 # ------------------------------------------------------------------------------------------------
-def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``unimae predict`` to an argparse ``subparsers`` object; it runs :func:`run_predict`."""
-    p = subparsers.add_parser(
-        "predict",
-        help="run a fine-tuned model over files or a folder",
-        description="Run a classification, segmentation or anomaly checkpoint over a file, a DICOM series "
-        "folder or a folder of inputs. Results keep the input's geometry: NIfTI with the source affine, "
-        "GeoTIFF with the source CRS/transform/nodata (streamed for large scenes), PNG for pictures, plus "
-        "PNG overlays, a JSON report per input and OUTPUT/predictions.csv.",
-    )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (NAME, NAME.json or NAME.safetensors)")
-    p.add_argument("--input", required=True, metavar="FILE_OR_FOLDER", help="an input file, a DICOM series folder or a folder of inputs")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--threshold", type=float, default=None, help="anomaly pixel threshold (default: calibrated) "
-                   "or multi-label decision threshold (default 0.5)")  # fmt: skip
-    p.add_argument("--image-threshold", type=float, default=None, help="anomaly image-score threshold (default: calibrated)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="auto: bf16 where the hardware runs it")
-    p.add_argument("--probabilities", action="store_true", help="GeoTIFF segmentation: also write per-class probabilities")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_predict)
-    return p
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """Run ``unimae predict``: 0 when every input succeeded, 2 when an input or the checkpoint was bad, 1 otherwise."""
     try:

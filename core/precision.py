@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from unimae.core.errors import look_up
+
+if TYPE_CHECKING:  # torch is imported on use: PRECISIONS is read by the CLI's argument parsers
+    import torch
 
 __all__ = ["PRECISIONS", "cpu_supports_bf16", "default_device", "resolve_precision", "autocast"]
 
@@ -27,11 +29,15 @@ def cpu_supports_bf16() -> bool:
 
 def default_device() -> torch.device:
     """``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_precision(precision: str = "auto", device: torch.device | str | None = None) -> str:
     """``"auto"`` -> ``"bf16"`` on GPUs that support it and on bf16-capable CPUs, else ``"fp32"``."""
+    import torch
+
     look_up(precision, PRECISIONS, what="precision")
     if precision != "auto":
         return precision
@@ -45,6 +51,8 @@ def resolve_precision(precision: str = "auto", device: torch.device | str | None
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
     """A bf16 autocast context for ``precision="bf16"``, a no-op for fp32."""
+    import torch
+
     device = torch.device(device)
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

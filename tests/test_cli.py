@@ -252,3 +252,23 @@ def test_unknown_command_and_module_entry_point(tmp_path: Path, capsys) -> None:
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert_one_line_error(proc.returncode, proc.stderr, "none.yaml not found")
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    """``unimae --help`` and argument errors answer at once: no torch / MONAI import until a command runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from unimae.apps.cli import main\n"
+        "for argv in (['--help'], ['predict', '--help'], ['evaluate'], ['app', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'monai', 'gradio') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in out.stdout, (out.stdout[-500:], out.stderr[-500:])

