@@ -168,14 +168,18 @@ def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
 
     def run(file: str | None, model: str | None = None, opacity: float = 0.5, plane: str = "axial",
             window: str = "soft_tissue", center: float = 40.0, width: float = 400.0, composite: str = "natural",
-            progress=gr.Progress(track_tqdm=True)):  # fmt: skip
-        return panel.run(file, model, opacity, plane, window, center, width, composite, progress=progress)
+            threshold: float | None = None, progress=gr.Progress(track_tqdm=True)):  # fmt: skip
+        return panel.run(file, model, opacity, plane, window, center, width, composite, threshold=threshold,
+                         progress=progress)  # fmt: skip
 
     run.__name__ = panel.name
     run.__doc__ = f"{domain} {task}: returns the overlay image, the summary, the downloads, the report and a status line."
     outputs = [image, summary, files, report, status, view]
+    run_kw = dict(kw)
+    if task == "anomaly":  # API callers may override the calibrated pixel threshold; the page uses its slider
+        run_kw["threshold"] = gr.Number(value=None, visible=False, label="threshold")
     event = run_btn.click(
-        run, inputs=[file_input, model], inputs_kwargs=kw, outputs=outputs, api_name=panel.name,
+        run, inputs=[file_input, model], inputs_kwargs=run_kw, outputs=outputs, api_name=panel.name,
         concurrency_id="predict", concurrency_limit=panel.settings.concurrency,
     )  # fmt: skip
     plane_in = kw.get("plane")

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -324,9 +325,13 @@ class TaskPanel:
         center: float = 40.0,
         width: float = 400.0,
         composite: str = "natural",
+        threshold: float | None = None,
         progress: Any = None,
     ) -> tuple[Any, ...]:
-        """Run the model on an uploaded file: ``(image, summary, downloads, report, status, view)``."""
+        """Run the model on an uploaded file: ``(image, summary, downloads, report, status, view)``.
+
+        ``threshold`` (anomaly models) overrides the calibrated pixel threshold; None keeps it.
+        """
         from unimae.apps.predict import load_predictor
         from unimae.apps.ui_render import prepare_view
 
@@ -343,7 +348,11 @@ class TaskPanel:
             self._last_predictor = predictor
             if progress is not None:
                 progress(0.15, desc=f"{TASK_TITLES[self.task].lower()} of {file_name}")
-            pred = predictor.predict(path, progress=progress is not None and self.plugin.spatial_dims == 3)
+            if threshold is not None and (self.task != "anomaly" or not math.isfinite(float(threshold))
+                                          or float(threshold) < 0):  # fmt: skip
+                raise InputError(f"threshold must be a number >= 0 for an anomaly model, got {threshold!r}")
+            pred = predictor.predict(path, threshold=None if threshold is None else float(threshold),
+                                     progress=progress is not None and self.plugin.spatial_dims == 3)  # fmt: skip
             if progress is not None:
                 progress(0.85, desc="drawing and writing the results")
             view = prepare_view(pred, self.plugin)

@@ -481,6 +481,25 @@ def test_errors_are_messages_and_the_app_keeps_serving(live, tmp_path):
     assert out[3]["task"] == "classify"
 
 
+def test_anomaly_api_threshold_overrides_the_calibrated_one(live):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    bundle, client = live["bundle"], live["client"]
+    src = handle_file(str(_example(bundle, "fundus", "lesions.png")))
+    calibrated = client.predict(src, api_name="/fundus_anomaly")[3]
+    high = client.predict(src, threshold=1e9, api_name="/fundus_anomaly")[3]
+    zero = client.predict(src, threshold=0.0, api_name="/fundus_anomaly")[3]
+    assert high["pixel_threshold"] == 1e9 and high["anomalous_fraction"] == 0.0
+    assert zero["pixel_threshold"] == 0.0 and zero["anomalous_fraction"] > 0.5
+    assert calibrated["pixel_threshold"] not in (0.0, 1e9) and high["score"] == calibrated["score"]
+    with pytest.raises(AppError, match="threshold must be"):
+        client.predict(src, threshold=-1.0, api_name="/fundus_anomaly")
+    params = client.view_api(return_format="dict")["named_endpoints"]
+    assert "threshold" in [p["parameter_name"] for p in params["/ct_anomaly"]["parameters"]]
+    assert "threshold" not in [p["parameter_name"] for p in params["/fundus_segment"]["parameters"]]
+
+
 def test_dicom_patient_fields_never_reach_the_user(live, caplog):
     from gradio_client import handle_file
 
