@@ -393,6 +393,8 @@ def _auth(value: str | None) -> tuple[str, str] | None:
 
 def add_app_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``unimae app`` to an argparse ``subparsers`` object; it runs :func:`run_app`."""
+    from unimae.apps.commands import add_device_args
+
     p = subparsers.add_parser(
         "app",
         help="start the web app (segmentation, classification, anomaly maps for all domains)",
@@ -406,8 +408,7 @@ def add_app_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--auth", metavar="USER:PASS", default=None, help="require this login")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     p.add_argument("--no-demo", action="store_true", help="do not build or load the demo models")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 where supported")
+    add_device_args(p)  # --device, --precision
     p.add_argument("--concurrency", type=int, default=2, help="predictions run at once; more wait in the queue")
     p.add_argument("--max-file-size", default="512mb", help="largest upload (e.g. 200mb, 2gb)")
     p.add_argument("--demo-profile", default="default", choices=["default", "test"], help=argparse.SUPPRESS)

@@ -13,7 +13,8 @@ from typing import Any
 
 from unimae.core.precision import PRECISIONS
 
-__all__ = ["EVAL_SEED", "DEFAULT_SYNTHETIC_SAMPLES", "add_evaluate_parser", "add_predict_parser"]
+__all__ = ["EVAL_SEED", "DEFAULT_SYNTHETIC_SAMPLES", "add_device_args", "add_threshold_args", "add_evaluate_parser",
+           "add_predict_parser"]
 
 EVAL_SEED = 909_091
 """Default seed of ``--data synthetic``: unlike fine-tuning's train (``seed``) and val (``seed + 100003``) seeds."""
@@ -28,6 +29,19 @@ def _deferred(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
     run.__name__ = name
     return run
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``: where and how a model runs (evaluate, predict, app)."""
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="auto: bf16 where the hardware runs it")
+
+
+def add_threshold_args(p: argparse.ArgumentParser) -> None:
+    """``--threshold`` and ``--image-threshold``: overrides of a checkpoint's decision thresholds."""
+    p.add_argument("--threshold", type=float, default=None,
+                   help="anomaly pixel threshold or multi-label decision threshold (default: calibrated / 0.5)")  # fmt: skip
+    p.add_argument("--image-threshold", type=float, default=None, help="anomaly image-score threshold (default: calibrated)")
 
 
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -48,13 +62,10 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"synthetic cases (default {DEFAULT_SYNTHETIC_SAMPLES}); for files, only the first N")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, metavar="S", help=f"synthetic data seed (default {EVAL_SEED})")
     p.add_argument("--split", default=None, help="train, val or test rows/folders (default: test, else val)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="anomaly pixel threshold or multi-label decision threshold (default: calibrated / 0.5)")  # fmt: skip
-    p.add_argument("--image-threshold", type=float, default=None, help="anomaly image-score threshold (default: calibrated)")
+    add_threshold_args(p)
     p.add_argument("--ignore-index", type=int, default=None, metavar="V",
                    help="segmentation: mask value of unlabelled pixels, not scored (e.g. 255)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="auto: bf16 where the hardware runs it")
+    add_device_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_deferred("unimae.apps.evaluate", "run_evaluate"))
     return p
@@ -73,11 +84,8 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (NAME, NAME.json or NAME.safetensors)")
     p.add_argument("--input", required=True, metavar="FILE_OR_FOLDER", help="an input file, a DICOM series folder or a folder of inputs")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--threshold", type=float, default=None, help="anomaly pixel threshold (default: calibrated) "
-                   "or multi-label decision threshold (default 0.5)")  # fmt: skip
-    p.add_argument("--image-threshold", type=float, default=None, help="anomaly image-score threshold (default: calibrated)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="auto: bf16 where the hardware runs it")
+    add_threshold_args(p)
+    add_device_args(p)
     p.add_argument("--probabilities", action="store_true", help="GeoTIFF segmentation: also write per-class probabilities")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_deferred("unimae.apps.predict", "run_predict"))
