@@ -107,6 +107,13 @@ def _run(page, domain: str, task: str) -> None:
     page.locator(f"#{name}-image img").first.wait_for(state="visible")
 
 
+def _wait_redrawn(page, name: str, before: str | None) -> None:
+    """Wait until the result image of panel ``name`` shows another picture than ``before`` (its old src)."""
+    page.wait_for_function(
+        f"(old) => {{ const i = document.querySelector('#{name}-image img'); return i && i.src !== old; }}", arg=before
+    )
+
+
 def _screenshot(page, tmp_path: Path, name: str) -> Path:
     out = tmp_path / f"{name}.png"
     page.screenshot(path=str(out), full_page=True)
@@ -152,10 +159,7 @@ def test_ct_slice_viewer_in_the_browser(browser_app, tmp_path):
     before = page.locator("#ct_segment-image img").first.get_attribute("src")
     page.locator("#tab-ct-segment").get_by_label("coronal").check()
     slider.get_by_text("coronal slice (of").wait_for()
-    page.wait_for_function(
-        "(old) => { const i = document.querySelector('#ct_segment-image img'); return i && i.src !== old; }",
-        arg=before,
-    )
+    _wait_redrawn(page, "ct_segment", before)
     assert "liver" in page.locator("#ct_segment-summary").inner_text()
     _screenshot(page, tmp_path, "ct")
 
@@ -189,10 +193,7 @@ def test_multispectral_segmentation_composites_in_the_browser(browser_app, tmp_p
     _screenshot(page, tmp_path, "multispectral")
     before = page.locator("#multispectral_segment-image img").first.get_attribute("src")
     page.locator("#tab-multispectral-segment").get_by_label("false colour (NIR)").check()
-    page.wait_for_function(
-        "(old) => { const i = document.querySelector('#multispectral_segment-image img'); return i && i.src !== old; }",
-        arg=before,
-    )
+    _wait_redrawn(page, "multispectral_segment", before)
 
 
 def test_fundus_anomaly_threshold_in_the_browser(browser_app, tmp_path):
@@ -213,8 +214,5 @@ def test_fundus_anomaly_threshold_in_the_browser(browser_app, tmp_path):
     page.keyboard.press("End")  # the highest threshold: nothing flagged
     slider.dispatch_event("pointerup")
     slider.dispatch_event("mouseup")
-    page.wait_for_function(
-        "(old) => { const i = document.querySelector('#fundus_anomaly-image img'); return i && i.src !== old; }",
-        arg=before,
-    )
+    _wait_redrawn(page, "fundus_anomaly", before)
     page.get_by_text("flagged area: 0.0 %").first.wait_for()
