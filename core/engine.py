@@ -801,7 +801,7 @@ class Trainer:
         p.window_start = time.perf_counter()
         self._session_start = time.perf_counter() - p.elapsed
         try:
-            with self._stop_on_sigterm():
+            with self._stop_at_step_boundary():
                 self._loop()
         except KeyboardInterrupt:
             saved = None
@@ -828,7 +828,7 @@ class Trainer:
         }  # fmt: skip
 
     @contextlib.contextmanager
-    def _stop_on_sigterm(self) -> Iterator[None]:
+    def _stop_at_step_boundary(self) -> Iterator[None]:
         """SIGTERM (a cluster scheduler's preemption notice, ``kill``) and a first Ctrl-C end training at a step
         boundary: the step in flight completes, then the run checkpoints and stops (exit status 130 from the
         CLI); ``resume=true`` continues it. A second Ctrl-C interrupts at once. The handlers only set a flag,
