@@ -755,7 +755,7 @@ def test_describe_with_fake_plugin(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# with the real plugins (skip until they are importable)
+# with the real plugins (built in: a plugin that fails to import or construct fails these tests)
 # ------------------------------------------------------------------------------------------------
 _PLUGIN_CLASSES = {
     "ct": ("unimae.domains.ct", "CTPlugin"),
@@ -766,24 +766,22 @@ _PLUGIN_CLASSES = {
 
 
 def _real(name: str) -> DomainPlugin:
-    """An instance of the real ``name`` plugin, or skip while it cannot be imported."""
+    """An instance of the real ``name`` plugin, registered under that name; any import error propagates."""
     import importlib
 
+    from unimae.domains import get_domain
+
     module, cls = _PLUGIN_CLASSES[name]
-    try:
-        return getattr(importlib.import_module(module), cls)()
-    except Exception as err:  # noqa: BLE001 - a plugin still being written
-        pytest.skip(f"domain plugin {name!r} not importable yet: {type(err).__name__}: {err}")
+    plugin_cls = getattr(importlib.import_module(module), cls)
+    assert type(get_domain(name)) is plugin_cls, f"the registry does not map {name!r} to {module}.{cls}"
+    return plugin_cls()
 
 
 def _registry() -> None:
-    """Skip unless the registry can build every built-in plugin (``describe`` goes through it)."""
-    try:
-        from unimae.domains import domain_names
+    """The registry builds every built-in plugin (``describe`` goes through it); any error propagates."""
+    from unimae.domains import domain_names
 
-        domain_names()
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"domain registry not importable yet: {type(err).__name__}: {err}")
+    assert set(_PLUGIN_CLASSES) <= set(domain_names())
 
 
 def test_describe_real_plugins(tmp_path, capsys):
