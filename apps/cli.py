@@ -168,7 +168,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from unimae.domains.datasets import describe, format_description
 
-    d = describe(args.file, args.domain)
+    d = describe(args.file, args.domain, bands=getattr(args, "bands", None))
     print(json.dumps(d, indent=2, ensure_ascii=False) if args.json else format_description(d))
     return 0
 
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="an image file or DICOM series folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--domain", default=None, help="the domain to read it as (default: guessed)")
+    p.add_argument("--bands", default=None, metavar="PRESET_OR_NAMES",
+                   help="multispectral: the file's band order, a preset (eurosat, sentinel2_l1c ...) or comma-separated "
+                   "band names (default: the file's descriptions, else guessed from the band count)")
     p.set_defaults(func=_cmd_info)
 
     return parser

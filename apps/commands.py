@@ -63,6 +63,9 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, metavar="S", help=f"synthetic data seed (default {EVAL_SEED})")
     p.add_argument("--split", default=None, help="train, val or test rows/folders (default: test, else val)")
     add_threshold_args(p)
+    p.add_argument("--normal-class", default=None, metavar="NAME",
+                   help="anomaly on a labelled set: its normal class (default: the one the model was trained on, "
+                   "else a class named normal / healthy / No Finding ...); every other class counts as anomalous")
     p.add_argument("--ignore-index", type=int, default=None, metavar="V",
                    help="segmentation: mask value of unlabelled pixels, not scored (e.g. 255)")  # fmt: skip
     add_device_args(p)

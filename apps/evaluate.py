@@ -102,22 +102,32 @@ def _synthetic_cases(plugin: DomainPlugin, task: str, n: int, seed: int, size: S
     return ds, cases()
 
 
-def _file_dataset(plugin: DomainPlugin, data: str | Path, task: str, class_names: Sequence[str], split: str | None):
-    """The :class:`LocalDataset` listing files, labels (indices into the checkpoint's classes) and masks."""
+def _file_dataset(
+    plugin: DomainPlugin, data: str | Path, task: str, class_names: Sequence[str], split: str | None,
+    multi_label: bool = False,
+):
+    """The :class:`LocalDataset` listing files, labels and masks (and FOV masks).
+
+    Classification labels are indices into the checkpoint's classes; anomaly labels keep the data's own
+    classes (``normal`` / ``pneumonia`` / ``No Finding`` ...), whose normal class is found afterwards.
+    """
     from unimae.domains.datasets import local_dataset
 
-    names = list(class_names) if task in ("classify", "anomaly") else None
+    names = list(class_names) if task == "classify" else None
     need = task if task in ("classify", "segment") else None
+    kw: dict[str, Any] = {"class_names": names, "task": need}
+    if task == "classify" and multi_label:
+        kw["multi_label"] = True
     if split is not None:
-        return local_dataset(plugin, data, split=split, class_names=names, task=need)
+        return local_dataset(plugin, data, split=split, **kw)
     try:
-        return local_dataset(plugin, data, split="test", class_names=names, task=need)
+        return local_dataset(plugin, data, split="test", **kw)
     except InputError as first:
         msg = str(first)
         if "split 'test'" not in msg and "no test " not in msg:
             raise  # a real problem with the data, not just a source without a test split
         try:
-            return local_dataset(plugin, data, split="val", class_names=names, task=need)
+            return local_dataset(plugin, data, split="val", **kw)
         except InputError:
             raise first from None
 
@@ -134,13 +144,45 @@ def _case_id(path: Path, root: Path | None) -> str:
 
 def _file_cases(ds: Any) -> Iterator[_Case]:
     for i, f in enumerate(ds.files):
+        has_fov = getattr(ds, "fovs", None) is not None and ds.fovs[i] is not None
         yield _Case(
             id=_case_id(f, ds.root),
             path=str(f),
-            source=f,
+            source=ds.read_source(i) if has_fov else f,  # read with its given field-of-view mask
             label=None if ds.labels is None else ds.labels[i],
             mask=None if ds.masks is None else ds.masks[i],
         )
+
+
+def _anomaly_labels(ds: Any, normal_class: Any, checkpoint_normal: Any, data: Any) -> tuple[str | None, str]:
+    """Re-express a labelled dataset's labels as 0 (its normal class) / 1 (any other class), in place.
+
+    The normal class: ``normal_class`` (``--normal-class``), else the checkpoint's training normal class
+    when the data have it, else a class named normal / healthy / No Finding ... (or label 0 of integer
+    labels). Each case keeps its class name in ``ds.case_classes`` for the per-class figures.
+    """
+    from unimae.domains.datasets import normal_class_index
+
+    names = list(ds.class_names)
+    given = normal_class
+    if given is None and checkpoint_normal is not None:
+        lowered = [str(n).strip().lower() for n in names]
+        if str(checkpoint_normal).strip().lower() in lowered:
+            given = checkpoint_normal
+    idx, how = normal_class_index(names, given, where=data)
+    if idx is None:
+        raise InputError(
+            f"anomaly evaluation needs to know the normal class, but {how}; pass --normal-class NAME", data
+        )
+    classes, binary = [], []
+    for lab in ds.labels:
+        members = [] if lab is None else ([lab] if isinstance(lab, int) else list(lab))
+        others = [names[c] for c in members if c != idx]
+        classes.append("|".join(others) if others else names[idx])
+        binary.append(int(bool(others)))
+    ds.labels = binary
+    ds.case_classes = classes
+    return names[idx], how
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,8 +321,28 @@ def _eval_segment(predictor: Any, cases: Iterator[_Case], bar: Any, ignore_index
     return {"metrics": metrics, "rows": rows, "counts": counts}
 
 
+def _per_class_anomaly(scores: Sequence[float], labels: Sequence[int], classes: Sequence[str], flagged: Sequence[Any],
+                       normal: str) -> dict[str, Any]:
+    """Per class of a labelled set: cases, mean score, fraction flagged and AUROC against the normal class."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys([normal, *sorted(set(classes))]):
+        sel = np.array([c == name for c in classes], dtype=bool)
+        if not sel.any():
+            continue
+        f = [int(v) for v, k in zip(flagged, sel) if k and v != ""]
+        entry: dict[str, Any] = {"cases": int(sel.sum()), "mean_score": float(s[sel].mean()),
+                                 "flagged_fraction": float(np.mean(f)) if f else None}  # fmt: skip
+        if name != normal:
+            both = sel | (y == 0)
+            entry["auroc_vs_normal"] = M.to_json(M.auroc(s[both], y[both])) if (y[both] == 0).any() else None
+        out[name] = entry
+    return out
+
+
 def _eval_anomaly(
-    predictor: Any, cases: Iterator[_Case], bar: Any, threshold: float | None, image_threshold: float | None, seed: int
+    predictor: Any, cases: Iterator[_Case], bar: Any, threshold: float | None, image_threshold: float | None, seed: int,
+    case_classes: Sequence[str] | None = None, normal_class: str | None = None,
 ) -> dict[str, Any]:
     scores, labels, rows = [], [], []
     pixels = M.PixelAccumulator(seed=seed)
@@ -305,7 +367,10 @@ def _eval_anomaly(
                 "case has neither a label (normal/anomaly) nor a mask; anomaly evaluation needs one",
                 case.path or case.id,
             )
-        row: dict[str, Any] = {"id": case.id, "path": case.path or "", "label": label, "score": round(float(pred.score), 6)}
+        row: dict[str, Any] = {"id": case.id, "path": case.path or "", "label": label}
+        if case_classes is not None:
+            row["class"] = case_classes[len(rows)]
+        row["score"] = round(float(pred.score), 6)
         row["predicted_anomalous"] = "" if pred.is_anomalous is None else int(pred.is_anomalous)
         if mask is not None:
             valid = _valid(pred, mask.shape)
@@ -328,6 +393,10 @@ def _eval_anomaly(
         metrics["pixel_dice"] = M.to_json(float(M.safe_divide(2 * tp, 2 * tp + fp + fn)))  # of the thresholded map
     if not with_mask:
         metrics["notes"].append("no ground-truth masks: pixel AUROC and AUPRO need a mask per case")
+    if case_classes is not None and normal_class is not None:
+        metrics["normal_class"] = normal_class
+        metrics["per_class"] = _per_class_anomaly(scores, labels, [r["class"] for r in rows],
+                                                  [r["predicted_anomalous"] for r in rows], normal_class)  # fmt: skip
     curves = []
     if metrics["image_auroc"] is not None:
         fpr, tpr, _ = M.roc_curve(scores, labels)
@@ -491,6 +560,7 @@ def evaluate(
     threshold: float | None = None,
     image_threshold: float | None = None,
     ignore_index: int | None = None,
+    normal_class: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a task checkpoint and write ``metrics.json``, ``per_case.csv`` and plots into ``out_dir``.
@@ -511,6 +581,9 @@ def evaluate(
         ignore_index: segmentation: a mask value that marks unlabelled pixels (e.g. 255), left out of
             the scores like pixels outside the valid region. Other values beyond the model's classes
             inside the valid region are an error.
+        normal_class: anomaly on a labelled set: the name (or index) of its normal class; default: the
+            checkpoint's training normal class when the data have it, else a class named normal /
+            healthy / No Finding ... (every other class is anomalous; per-class figures are reported).
         progress: show a progress bar over cases.
 
     Returns:
@@ -533,6 +606,7 @@ def evaluate(
         raise InputError(f"num_samples must be at least 1, got {num_samples}")
 
     synthetic = str(data).strip().lower() in _SYNTHETIC
+    case_classes = normal_name = None
     if synthetic:
         n = DEFAULT_SYNTHETIC_SAMPLES if num_samples is None else int(num_samples)
         _check_synthetic_classes(plugin, task, predictor.class_names)
@@ -540,25 +614,31 @@ def evaluate(
         data_info: dict[str, Any] = {"source": "synthetic", "seed": eval_seed, "num_samples": n,
                                      "size": list(predictor.input_size)}  # fmt: skip
     else:
-        ds = _file_dataset(plugin, data, task, predictor.class_names, split)
+        ds = _file_dataset(plugin, data, task, predictor.class_names, split, multi_label=predictor.multi_label)
         if task == "anomaly" and ds.labels is None and ds.masks is None:
             raise InputError(
-                "anomaly evaluation needs labels (normal/anomaly: a folder per class or a CSV label column) "
+                "anomaly evaluation needs labels (a normal class and others: a folder per class or a CSV label column) "
                 "or masks, and this dataset has neither",
                 data,
             )
+        normal_name = normal_how = None
+        if task == "anomaly" and ds.labels is not None:
+            normal_name, normal_how = _anomaly_labels(ds, normal_class, (predictor.anomaly or {}).get("normal_class"), data)
         if task == "classify" and ds.multi_label and not predictor.multi_label:
             raise InputError("the data have several labels per image but the model is single-label", data)
+        case_classes = getattr(ds, "case_classes", None)
         if num_samples is not None and int(num_samples) < len(ds):
             keep = int(num_samples)
-            ds.files = ds.files[:keep]
-            ds.labels = None if ds.labels is None else ds.labels[:keep]
-            ds.masks = None if ds.masks is None else ds.masks[:keep]
+            ds.subset(range(keep))
+            case_classes = None if case_classes is None else case_classes[:keep]
         n = len(ds)
         cases = _file_cases(ds)
         data_info = {"source": str(data), "layout": ds.layout, "split": ds.split,
                      "split_source": ds.split_source, "num_files": n,
-                     "has_labels": ds.has_labels, "has_masks": ds.has_masks}  # fmt: skip
+                     "has_labels": ds.has_labels, "has_masks": ds.has_masks, "columns": dict(ds.columns),
+                     "fov": ds.fov_note(), "notes": list(ds.notes)}  # fmt: skip
+        if normal_name is not None:
+            data_info["normal_class"] = {"name": normal_name, "chosen_by": normal_how}
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -569,7 +649,8 @@ def evaluate(
         elif task == "segment":
             res = _eval_segment(predictor, cases, bar, ignore_index)
         else:
-            res = _eval_anomaly(predictor, cases, bar, threshold, image_threshold, eval_seed)
+            res = _eval_anomaly(predictor, cases, bar, threshold, image_threshold, eval_seed,
+                                case_classes=case_classes, normal_class=normal_name)  # fmt: skip
     finally:
         bar.close()
 
@@ -651,6 +732,10 @@ def headline(result: dict[str, Any]) -> str:
         parts = [f"image AUROC {f(m['image_auroc'])}"]
         if "pixel_auroc" in m:
             parts += [f"pixel AUROC {f(m['pixel_auroc'])}", f"AUPRO@{m['aupro_fpr_limit']:g} {f(m['aupro'])}"]
+        per_class = m.get("per_class") or {}
+        others = [f"{name} {f(v.get('auroc_vs_normal'))}" for name, v in per_class.items() if "auroc_vs_normal" in v]
+        if others:
+            parts.append(f"per class vs {m['normal_class']!r}: " + ", ".join(others))
     return f"{result['counts']['cases']} cases ({result['domain']} {task}): " + ", ".join(parts)
 
 
@@ -664,7 +749,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.checkpoint, args.data, args.out, device=args.device, precision=args.precision,
             num_samples=args.num_samples, seed=args.seed, split=getattr(args, "split", None),
             threshold=getattr(args, "threshold", None), image_threshold=getattr(args, "image_threshold", None),
-            ignore_index=getattr(args, "ignore_index", None), progress=not getattr(args, "no_progress", False),
+            ignore_index=getattr(args, "ignore_index", None), normal_class=getattr(args, "normal_class", None),
+            progress=not getattr(args, "no_progress", False),
         )  # fmt: skip
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -151,7 +151,7 @@ MONITORS: dict[str, tuple[str, ...]] = {
     "anomaly": ("image_auroc", "loss"),
 }
 _DEFAULT_INPUT = {2: 224, 3: 96}
-_DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples", "val_lesion_prob")
+_DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples", "val_lesion_prob", "normal_class")
 _PROTOCOL_ARGS = {"self", "train", "input_size", "n", "seed", "size", "path", "sample", "source", "split", "like",
                   "plugin", "task"}  # fmt: skip
 _NONE = ("", "none", "null", "scratch", "random")
@@ -382,6 +382,7 @@ class FinetuneData:
         input_size: the training crop size per axis.
         channels: the data's channel descriptions; ``normalization``: the data's normalisation.
         normal_index: for anomaly validation data with class labels, the index of the normal class.
+        normal_class: anomaly on labelled data: the name of the normal class (recorded in the checkpoint).
         source: ``"synthetic"`` or the training source; ``val_source`` likewise (None: no validation).
     """
 
@@ -394,6 +395,7 @@ class FinetuneData:
     channels: list[dict[str, Any]] | None
     normalization: dict[str, Any] | None
     normal_index: int | None = None
+    normal_class: str | None = None
     source: str = "synthetic"
     val_source: str | None = None
 
@@ -406,12 +408,22 @@ def _is_synthetic(value: Any) -> bool:
     return str(value).strip().lower() == "synthetic"
 
 
-def _normal_class(names: Sequence[str]) -> int | None:
-    """The index of the class that means "normal" (``normal``, ``healthy``, ``background`` ...), if any."""
-    for i, n in enumerate(names):
-        if M.is_background(n) or str(n).strip().lower() in ("healthy", "negative", "no_finding", "nofinding", "good"):
-            return i
-    return None
+def _normal_class(names: Sequence[str], given: Any = None, where: Any = None) -> int | None:
+    """The index of the class that means "normal" (``normal``, ``healthy``, ``No Finding``, ``data.normal_class``
+    ...), if any (see :func:`unimae.domains.datasets.normal_class_index`)."""
+    from unimae.domains.datasets import normal_class_index
+
+    return normal_class_index(names, given, where=where)[0]
+
+
+def _say_notes(ds: Any, what: str) -> None:
+    """Print how a local dataset was read (columns, classes, splits, field of view), once per note."""
+    notes = list(getattr(ds, "notes", []) or [])
+    fov = ds.fov_note() if hasattr(ds, "fov_note") else None
+    if fov:
+        notes.append(fov)
+    for note in dict.fromkeys(notes):
+        _say(f"{what}: {note}")
 
 
 def _mask_classes(plugin: DomainPlugin, masks: Sequence[Path | None], given: Sequence[str] | None) -> list[str]:
@@ -440,7 +452,7 @@ def _mask_classes(plugin: DomainPlugin, masks: Sequence[Path | None], given: Seq
 
 def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any], seed: int) -> FinetuneData:
     """The training dataset and validation samples a ``data`` section describes (see the module docstring)."""
-    from unimae.domains.datasets import LocalDataset, local_dataset
+    from unimae.domains.datasets import LocalDataset, check_classes, check_sizes, local_dataset, normal_class_index
 
     d = dict(data)
     if "task" in d:
@@ -458,10 +470,11 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     num_val = _count("num_val_samples", d.pop("num_val_samples", 64))
     val_lp = d.pop("val_lesion_prob", None)
     names_given = d.pop("class_names", None)
+    normal_given = d.pop("normal_class", None)
     if names_given is not None and not isinstance(names_given, (list, tuple)):
         raise InputError(f"data.class_names must be a list of names, got {names_given!r}")
     train_lp = d.pop("lesion_prob", 0.0 if task == "anomaly" else None)
-    val_fraction = float(d.get("val_fraction") or 0.0)
+    val_fraction = float(d.get("val_fraction") or 0.0)  # explicit hold-out of a source without splits
     train_src = train_src if _is_source(train_src) and not _is_synthetic(train_src) else None
 
     kw = dict(d)
@@ -475,10 +488,14 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     local = isinstance(samples, LocalDataset)
     if local and len(samples) == 0:
         raise InputError("the training data is empty", train_src)
+    if local:
+        _say_notes(samples, "training data")
+        check_sizes(samples)  # a mask / FOV mask of another size than its image: one line, before training
 
     # classes
     multi_label = False
     normal_index = None
+    normal_class: str | None = None  # anomaly on labelled data: the normal class's name
     if task == "classify":
         if local:
             class_names, multi_label = list(samples.class_names), bool(samples.multi_label)
@@ -493,20 +510,20 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     else:
         class_names = ["normal", "anomaly"]
         if local and samples.labels is not None:
-            normal = _normal_class(samples.class_names)
+            normal, how = normal_class_index(samples.class_names, normal_given, where=train_src)
             if normal is None:
                 raise InputError(
-                    f"anomaly training uses normal images only, but none of the training classes "
-                    f"({', '.join(samples.class_names)}) is named normal/healthy; give a folder of normal images",
+                    f"anomaly training uses normal images only, but {how}; name it with data.normal_class=NAME "
+                    "(or give a folder of normal images)",
                     train_src,
                 )
-            keep = [i for i, lab in enumerate(samples.labels) if lab == normal]
-            samples.files = [samples.files[i] for i in keep]
-            samples.masks = None if samples.masks is None else [samples.masks[i] for i in keep]
-            samples.labels = None
-            _say(f"anomaly training on the {len(keep)} '{samples.class_names[normal]}' images of {train_src}")
+            normal_class = samples.class_names[normal]
+            keep = [i for i, lab in enumerate(samples.labels) if lab == normal or lab == [normal]]
             if not keep:
-                raise InputError("no normal training images", train_src)
+                raise InputError(f"no training images of the normal class {normal_class!r} ({how})", train_src)
+            samples.subset(keep)
+            samples.labels = None
+            _say(f"anomaly training on the {len(keep)} {normal_class!r} images of {train_src} (normal class: {how})")
 
     # validation samples (model space, full size)
     val: Dataset | None = None
@@ -524,22 +541,33 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
                 f"data.val=synthetic: the training data have {len(class_names)} classes but the {plugin.name} "
                 "synthetic data have a different set; give data.val"
             )
-    elif _is_source(val_src) or (train_src is not None and val_fraction > 0):
+    elif _is_source(val_src) or (train_src is not None and (val_fraction > 0 or (local and samples.has_val))):
         src = val_src if _is_source(val_src) else train_src
         need = task if task in ("classify", "segment") else None
         vkw = {k: v for k, v in d.items() if k != "val_fraction" or not _is_source(val_src)}
+        if task == "classify" and local and "multi_label" not in vkw:
+            vkw["multi_label"] = True if multi_label else None
         val = local_dataset(
             plugin, src, split="val", task=need, class_names=class_names if task == "classify" else None, **vkw
         )
         val_source = str(src)
+        if _is_source(val_src):
+            _say_notes(val, "validation data")
+        else:  # the same source: only what differs (how validation was made)
+            for note in val.notes:
+                if note.startswith("validation"):
+                    _say(note)
+        check_sizes(val)
+        if task == "classify" and local:
+            check_classes(samples, val, where=src)
         if task == "anomaly":
             if val.labels is not None:
-                normal_index = _normal_class(val.class_names)
+                normal_index, how = normal_class_index(val.class_names, normal_given, where=src)
                 if normal_index is None:
                     raise InputError(
-                        f"anomaly validation needs a normal class (normal/healthy) among {', '.join(val.class_names)}",
-                        src,
+                        f"anomaly validation needs a normal class, but {how}; name it with data.normal_class=NAME", src
                     )
+                normal_class = normal_class or val.class_names[normal_index]
             elif val.masks is None:
                 raise InputError(
                     "anomaly validation needs labels (a normal/ folder beside anomaly folders, or a CSV label "
@@ -550,6 +578,8 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
             raise InputError("segmentation needs at least two classes")
     if val is not None and len(val) == 0:  # type: ignore[arg-type]
         val = None
+    if val is None and task == "classify" and local:
+        check_classes(samples, None, where=train_src)
 
     first = samples[0]
     eval_transform = plugin.augment(train=False, input_size=input_size, **kwargs_for(plugin.augment, d))
@@ -558,7 +588,8 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
         multi_label=multi_label, input_size=tuple(int(s) for s in size),
         channels=[dict(c) for c in first.meta.get("channels") or []] or None,
         normalization=first.meta.get("normalization", getattr(plugin, "normalization", None)),
-        normal_index=normal_index, source=str(train_src) if train_src is not None else "synthetic",
+        normal_index=normal_index, normal_class=normal_class,
+        source=str(train_src) if train_src is not None else "synthetic",
         val_source=val_source,
     )  # fmt: skip
 
@@ -1422,7 +1453,8 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
         info = task_metadata(
             task=task, domain=plugin.name, class_names=data.class_names, contract=contract,
             multi_label=data.multi_label,
-            anomaly={**{k: anomaly[k] for k in ("k", "sigma", "top_fraction", "fpr")}, "norm_pix": tcfg.norm_pix},
+            anomaly={**{k: anomaly[k] for k in ("k", "sigma", "top_fraction", "fpr")}, "norm_pix": tcfg.norm_pix,
+                     **({"normal_class": data.normal_class} if data.normal_class else {})},
         )  # fmt: skip
         run_cfg = copy.deepcopy(dict(cfg))
         trainer = FinetuneTrainer(

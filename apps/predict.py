@@ -1228,12 +1228,17 @@ def _looks_dicom(path: Path) -> bool:
 
 
 def collect_inputs(inputs: str | Path, plugin: DomainPlugin) -> tuple[list[Path], list[Path]]:
-    """``(inputs, skipped folders)`` for a file, a DICOM series folder or a folder of inputs.
+    """``(inputs, skipped)`` for a file, a DICOM series folder or a folder of inputs.
 
     A folder's non-hidden files are all inputs (files of another kind fail with a one-line error
-    rather than being skipped); its sub-folders are inputs when the domain reads them (DICOM series)
-    and are reported as skipped otherwise.
+    rather than being skipped) except the masks of other files there (CHASE_DB1's ``_1stHO``/``_2ndHO``,
+    STARE's ``.ah``/``.vk``, ``_mask``, ``_fov`` ...: see :func:`~unimae.domains.datasets.mask_files_among`),
+    which are skipped; its sub-folders are inputs when the domain reads them (DICOM series) and are
+    reported as skipped otherwise. A dataset folder with no files but an ``images/`` sub-folder (DRIVE's
+    ``training/``) is read through that sub-folder.
     """
+    from unimae.domains.datasets import image_folder_of, mask_files_among
+
     p = Path(inputs).expanduser()
     if not p.exists():
         raise InputError("input not found", p)
@@ -1243,15 +1248,34 @@ def collect_inputs(inputs: str | Path, plugin: DomainPlugin) -> tuple[list[Path]
     files = [c for c in children if c.is_file()]
     if plugin.accepts(p) and any(_looks_dicom(f) for f in files[:32]):
         return [p], []
+    if not files and image_folder_of(p) is not None:
+        return collect_inputs(image_folder_of(p), plugin)  # type: ignore[arg-type]
+    masks = mask_files_among(files)
     items, skipped = [], []
     for c in children:
-        if c.is_file() or plugin.accepts(c):
+        if c in masks:
+            skipped.append(c)  # some image's mask: never an input
+        elif c.is_file() or plugin.accepts(c):
             items.append(c)
         else:
             skipped.append(c)
     if not items:
         raise InputError(f"folder holds no files to predict (accepted: {', '.join(plugin.extensions)})", p)
     return items, skipped
+
+
+def _with_fov(predictor: Predictor, path: Path) -> Path | Sample:
+    """``path``, or its sample read with the field-of-view mask published beside it (DRIVE's ``mask/``,
+    ``<stem>_fov.png``) for plugins that take one; the report's ``fov_source`` says which was used."""
+    from unimae.domains.datasets import fov_for_image
+
+    if not path.is_file() or "fov_mask" not in inspect.signature(predictor.plugin.read).parameters:
+        return path
+    fov = fov_for_image(path)
+    if fov is None:
+        return path
+    predictor.check_input(path)
+    return predictor.plugin.read(path, fov_mask=fov)
 
 
 @dataclass
@@ -1342,7 +1366,7 @@ def predict_paths(
                 rep = json.loads(files["report"].read_text())
                 rows.append(_report_row(rep, path.name, predictor.class_names))
             else:
-                pred = predictor.predict(path, threshold=threshold, image_threshold=image_threshold)
+                pred = predictor.predict(_with_fov(predictor, path), threshold=threshold, image_threshold=image_threshold)
                 files = write_prediction(pred, out_dir, stem, plugin=predictor.plugin)
                 rows.append(_csv_row(pred, path.name))
             summary.outputs[str(path)] = files
@@ -1394,7 +1418,9 @@ def run_predict(args: argparse.Namespace) -> int:
         return 2
     n_ok, n_bad = len(summary.outputs), len(summary.errors)
     for s in summary.skipped:
-        print(f"{PROG}: note: skipped folder {Path(s).name} (not an input of this model)", file=sys.stderr)
+        what = "folder" if Path(s).is_dir() else "file"
+        why = "not an input of this model" if Path(s).is_dir() else "the mask of an image beside it"
+        print(f"{PROG}: note: skipped {what} {Path(s).name} ({why})", file=sys.stderr)
     print(f"{PROG}: predicted {n_ok} input(s) into {args.output}" + (f"; {n_bad} failed" if n_bad else ""))
     if not n_bad:
         return 0

@@ -264,13 +264,18 @@ def test_class_folders(tmp_path):
         ds[4]
 
 
-def test_class_folders_multi_label_plugin_gives_multi_hot(tmp_path):
+def test_class_folders_are_single_label_unless_asked(tmp_path):
     png(tmp_path / "effusion" / "a.png")
     png(tmp_path / "nodule" / "b.png")
+    # a folder per class is one class per image, even for a plugin whose synthetic findings are multi-label
     ds = local_dataset(FakeMultiLabel(), tmp_path)
-    assert ds.multi_label
-    lab = ds[1].label
-    assert lab.dtype == torch.float32 and lab.tolist() == [0.0, 1.0]
+    assert not ds.multi_label and ds.labels == [0, 1]
+    assert ds[1].label.dtype == torch.long and int(ds[1].label) == 1
+    assert any("single-label" in n for n in ds.notes)
+    # multi_label=True (data.multi_label=true) asks for multi-hot findings
+    multi = local_dataset(FakeMultiLabel(), tmp_path, multi_label=True)
+    lab = multi[1].label
+    assert multi.multi_label and lab.dtype == torch.float32 and lab.tolist() == [0.0, 1.0]
 
 
 def test_class_folders_dicom_series_are_images_not_classes(tmp_path):
@@ -441,10 +446,13 @@ def test_csv_multi_label(tmp_path):
     assert ds[1].label.tolist() == [0.0, 1.0]
     assert ds[2].label.tolist() == [0.0, 0.0]  # an empty cell means no findings
     assert ds[0].label.dtype == torch.float32
-    # a multi-label plugin gives multi-hot even without '|'
+    # one name per row is single-label, whatever the plugin; data.multi_label=true makes it multi-hot
     csv2 = write_csv(tmp_path / "s.csv", ["image", "label"], [["0.png", "nodule"], ["1.png", "effusion"]])
-    ds2 = local_dataset(FakeMultiLabel(), csv2)
+    assert not local_dataset(FakeMultiLabel(), csv2).multi_label
+    ds2 = local_dataset(FakeMultiLabel(), csv2, multi_label=True)
     assert ds2.multi_label and ds2[0].label.tolist() == [0.0, 1.0]
+    with pytest.raises(InputError, match=r"m.csv: line 2: several labels \('\|'\) but data.multi_label=false"):
+        local_dataset(FakePNG(), csv_path, multi_label=False)
     # single-label plugin and single names: long indices
     ds3 = local_dataset(FakePNG(), csv2)
     assert not ds3.multi_label and ds3[0].label.dtype == torch.long
@@ -453,7 +461,7 @@ def test_csv_multi_label(tmp_path):
 @pytest.mark.parametrize(
     "header, rows, split, message",
     [
-        (["file_name", "label"], [["a.png", "x"]], "train", r"no 'image' column \(columns: file_name, label\)"),
+        (["picture", "label"], [["a.png", "x"]], "train", r"no 'image' column \(columns: picture, label"),
         (["image", "label"], [["a.png", "x"], ["missing.png", "x"]], "train", r"line 3: image file 'missing.png' not found"),
         (["image", "label"], [["a.png", "x"], ["notes.txt", "x"]], "train", r"line 3: 'notes.txt' is not a file the fakepng domain reads \(accepted: .png\)"),
         (["image", "label", "split"], [["a.png", "x", "train"], ["a.png", "x", "holdout"]], "train", r"line 3: unknown split 'holdout'"),

@@ -63,7 +63,7 @@ def test_plugin_attributes(plugin):
     assert isinstance(plugin, DomainPlugin)
     assert (plugin.name, plugin.spatial_dims, plugin.modality) == ("fundus", 2, "fundus")
     assert plugin.tasks == ("classify", "segment", "anomaly")
-    assert set(plugin.extensions) == {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+    assert set(plugin.extensions) == {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm"}  # .ppm: STARE
     assert plugin.seg_class_names == ("background", "vessel")
     assert plugin.class_names == ("grade0", "grade1", "grade2", "grade3")
     assert plugin.accepts("a/B.JPG") and plugin.accepts("x.tiff") and not plugin.accepts("x.nii.gz")

@@ -425,18 +425,23 @@ def test_class_weights_auto_from_class_folders(tmp_path: Path, capsys: pytest.Ca
     w, how = class_weights(listed, "classify", 2)
     assert torch.allclose(w, torch.tensor([8 / (2 * 6), 8 / (2 * 2)])) and "all 8 training labels" in how
 
-    # X-ray class folders read as findings (multi-hot): BCE pos_weight = negatives / positives
+    # X-ray class folders are one class per image (softmax): inverse class frequency
     data = tmp_path / "cxr"
     write_pngs(data / "normal", 6, 80, 0)
     write_pngs(data / "pneumonia", 2, 170, 1)
     plugin = get_domain("xray")
-    ds = plugin.train_dataset(data, split="train", input_size=32, task="classify")
+    single = plugin.train_dataset(data, split="train", input_size=32, task="classify")
+    assert not single.samples.multi_label
+    w, how = class_weights(single, "classify", 2)
+    assert torch.allclose(w, torch.tensor([8 / (2 * 6), 8 / (2 * 2)]))
+    # read as findings when asked (data.multi_label=true): BCE pos_weight = negatives / positives
+    ds = plugin.train_dataset(data, split="train", input_size=32, task="classify", multi_label=True)
     w, how = class_weights(ds, "classify", 2, multi_label=True)
     assert torch.allclose(w, torch.tensor([2 / 6, 6 / 2])) and "pos_weight" in how
 
     out = tmp_path / "run"
     code, text, err = run_cli(["finetune", "--config", config("xray", "classify"), *QUIET, *ENCODER,
-                               "data.input_size=32", f"data.train={data}", f"data.val={data}",
+                               "data.input_size=32", f"data.train={data}", f"data.val={data}", "data.multi_label=true",
                                "train.class_weights=auto", "train.max_steps=2", "train.batch_size=2",
                                f"out_dir={out}"], capsys)  # fmt: skip
     assert code == 0, err

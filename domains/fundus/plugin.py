@@ -38,8 +38,8 @@ class FundusPlugin(DomainPlugin):
     name: ClassVar[str] = "fundus"
     spatial_dims: ClassVar[int] = 2
     modality: ClassVar[str] = "fundus"
-    extensions: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-    mask_extensions: ClassVar[tuple[str, ...]] = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+    extensions: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm")
+    mask_extensions: ClassVar[tuple[str, ...]] = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".ppm", ".pgm")
     tasks: ClassVar[tuple[str, ...]] = ("classify", "segment", "anomaly")
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {"clahe": False, "green": False, "normalize": "imagenet"},

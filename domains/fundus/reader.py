@@ -37,10 +37,12 @@ FORMATS_BY_EXTENSION: dict[str, tuple[str, ...]] = {
     ".tiff": ("TIFF",),
     ".bmp": ("BMP", "DIB"),
     ".gif": ("GIF",),
+    ".ppm": ("PPM",),
+    ".pgm": ("PPM",),
 }
 """Pillow format names accepted behind each extension (suffixes not listed accept any image format)."""
 
-_EXT_FOR_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif"}
+_EXT_FOR_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "PPM": ".ppm"}
 
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x89PNG", "PNG"),
