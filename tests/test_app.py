@@ -275,7 +275,8 @@ def bundle(tmp_path_factory):
     return ensure_demo(root, profile="test", progress=False)
 
 
-def test_demo_build_is_complete_and_reused(bundle):
+def test_demo_build_is_complete_and_reused(bundle, monkeypatch):
+    import unimae.apps.finetune as ft
     from unimae.apps.demo_models import DEMO_TASKS, ensure_demo
 
     assert sorted(bundle.models) == sorted(f"{d}_{t}" for d, t in DEMO_TASKS)
@@ -284,9 +285,15 @@ def test_demo_build_is_complete_and_reused(bundle):
         assert meta["format"] == "unimae-checkpoint" and path.with_suffix(".safetensors").stat().st_size > 0
     assert all(bundle.examples[d] for d in ("ct", "fundus", "xray", "multispectral"))
     assert not any(p.name.startswith(".") and "building" in p.name for p in bundle.root.parent.iterdir())
-    t0 = time.perf_counter()
+    # a complete cache is reused as it is: nothing is trained again and no file is rewritten
+    def no_training(*args, **kwargs):
+        raise AssertionError("ensure_demo retrained a model of a complete cache")
+
+    monkeypatch.setattr(ft, "finetune", no_training)
+    files = {p: p.stat().st_mtime_ns for p in bundle.root.rglob("*") if p.is_file()}
     again = ensure_demo(bundle.root, profile="test", progress=False)
-    assert time.perf_counter() - t0 < 2.0 and again.manifest["built"] == bundle.manifest["built"]
+    assert again.manifest["built"] == bundle.manifest["built"] and again.models == bundle.models
+    assert {p: p.stat().st_mtime_ns for p in bundle.root.rglob("*") if p.is_file()} == files
     anomaly = json.loads(bundle.models["fundus_anomaly"].read_text())["anomaly"]
     assert anomaly["pixel_threshold"] is not None and anomaly["image_threshold"] is not None  # calibrated
 
