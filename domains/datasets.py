@@ -686,16 +686,17 @@ def _apply_group_by(ds: LocalDataset, group_by: str | None, src: Path) -> None:
 
 
 def _check_task(ds: LocalDataset, task: str | None, src: Path) -> None:
+    fallback = next((f"; {n}" for n in ds.notes if "does not fit" in n), "")
     if task == "classify" and not ds.has_labels:
         raise InputError(
             f"classification needs labels but this {ds.layout} dataset has none "
-            "(use a folder per class or a CSV with a label column)",
+            f"(use a folder per class or a CSV with a label column){fallback}",
             src,
         )
     if task == "segment" and not ds.has_masks:
         raise InputError(
             f"segmentation needs masks but this {ds.layout} dataset has none "
-            "(use images/ + masks/ folders, masks beside their images, or a CSV with a mask column)",
+            f"(use images/ + masks/ folders, masks beside their images, or a CSV with a mask column){fallback}",
             src,
         )
 
@@ -981,9 +982,12 @@ def _from_paired_folder(plugin: DomainPlugin, root: Path) -> LocalDataset | None
     used: set[str] = set()
     alternatives: set[str] = set()
     order = {s: i for i, s in enumerate(PAIRED_MASK_SUFFIXES)}
+    by_image: dict[str, list[tuple[Path, tuple[str, str, str]]]] = {}
+    for p, r in roles.items():
+        by_image.setdefault(r[1], []).append((p, r))
     for img in images:
         stem = _stem(img).lower()
-        mine = [(p, r) for p, r in roles.items() if r[1] == stem]
+        mine = by_image.get(stem, [])
         segs = sorted((x for x in mine if x[1][0] == "mask"), key=lambda x: order.get(x[1][2], 99))
         fov = next((p for p, r in mine if r[0] == "fov"), None)
         fovs.append(fov)
