@@ -90,6 +90,12 @@ APP_CSS = """
 .unimae-bar {position:relative; height:12px; border-radius:4px; margin-top:6px}
 .unimae-marker {position:absolute; top:-3px; width:3px; height:18px; background:#00ffff; border:1px solid #000}
 .unimae-bar-labels {display:flex; justify-content:space-between; font-size:0.8em; color:var(--body-text-color-subdued)}
+/* uploads: the whole file name, wrapped, never "000… .png" */
+.unimae-upload .file-preview td.filename, .unimae-upload .file-name, .unimae-upload .stem {white-space:normal !important;
+  overflow:visible !important; text-overflow:clip !important; overflow-wrap:anywhere; word-break:break-all; max-width:none !important}
+.unimae-upload .file-preview-holder {overflow-x:visible}
+/* the threshold scale is positions, the value is typed in the box beside it */
+.unimae-scale input[type=number] {display:none}
 """
 
 
@@ -126,6 +132,8 @@ def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
         with gr.Column(scale=1, min_width=170):
             run_btn = gr.Button(f"Run {TASK_TITLES[task].lower()}", variant="primary", elem_id=f"{panel.name}-run")
             refresh = gr.Button("↻ rescan models", size="sm", variant="secondary")
+    card = gr.Markdown(panel.card(catalog.default_key(domain, task)), elem_id=f"{panel.name}-card",
+                       elem_classes=["unimae-card"])  # fmt: skip
     kw: dict[str, Any] = {}
     with gr.Row():
         with gr.Column(scale=3, min_width=360):
@@ -141,13 +149,16 @@ def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
                 summary = gr.HTML(label="legend", elem_id=f"{panel.name}-summary")
             else:
                 summary = gr.HTML(label="anomaly score", elem_id=f"{panel.name}-summary")
-            threshold = None
+            threshold = scale = None
             if task != "classify":
                 kw["opacity"] = gr.Slider(0.0, 1.0, value=0.5 if task == "segment" else 0.6, step=0.05,
                                           label="overlay opacity")  # fmt: skip
-            if task == "anomaly":
-                threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="pixel threshold (no model re-run)",
-                                      interactive=False, elem_id=f"{panel.name}-threshold")  # fmt: skip
+            if task == "anomaly":  # a scale with the calibrated threshold in the middle, and the value itself
+                scale = gr.Slider(0.0, 1.0, value=0.5, step=0.001, label="threshold scale (middle: calibrated)",
+                                  interactive=False, elem_id=f"{panel.name}-threshold-scale",
+                                  elem_classes=["unimae-scale"])  # fmt: skip
+                threshold = gr.Number(None, label="pixel threshold (no model re-run; type a value and press Enter)",
+                                      minimum=0, interactive=False, elem_id=f"{panel.name}-threshold")  # fmt: skip
             if volume:
                 windows = list(getattr(panel.plugin, "windows", {}) or {})
                 kw["plane"] = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="view")
@@ -183,12 +194,12 @@ def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
         concurrency_id="predict", concurrency_limit=panel.settings.concurrency,
     )  # fmt: skip
     plane_in = kw.get("plane")
-    after = [x for x in (index, threshold) if x is not None]
+    after = [x for x in (index, scale, threshold) if x is not None]
     if after:
 
         def sync(v, plane="axial"):
-            s, t = panel.controls(v, plane)
-            updates = [u for u, c in ((s, index), (t, threshold)) if c is not None]
+            s, sc, t = panel.controls(v, plane)
+            updates = [u for u, c in ((s, index), (sc, scale), (t, threshold)) if c is not None]
             return updates[0] if len(updates) == 1 else tuple(updates)
 
         event.then(sync, inputs=[view] + ([plane_in] if plane_in is not None else []), outputs=after,
@@ -240,24 +251,68 @@ def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
             box.input(lambda: "custom", outputs=[kw["window"]], api_visibility="private", show_progress="hidden")
             fire_redraw(box.submit)
             fire_redraw(box.blur)
-    if threshold is not None:
+    if threshold is not None and scale is not None:
+        # the scale moves the threshold (and the box shows it); a typed threshold applies on Enter or on leaving the
+        # box (and the scale follows); the colour bar keeps its maximum, only the flagged outline changes
+        def from_scale(v, position, opacity=0.5, plane="axial", index=None, window="soft_tissue", center=40.0,
+                       width=400.0, composite="natural"):  # fmt: skip
+            if v is None:
+                return gr.update(), gr.update(), gr.update(), gr.update(), v, gr.update()
+            thr = panel.threshold_from_position(v, position)
+            out = panel.rethreshold(v, thr, opacity, plane, index, window, center, width, composite)
+            return (*out, thr)
 
-        def rethreshold(v, threshold, opacity=0.5, plane="axial", index=None, window="soft_tissue", center=40.0,
-                        width=400.0, composite="natural"):  # fmt: skip
-            return panel.rethreshold(v, threshold, opacity, plane, index, window, center, width, composite)
+        def from_box(v, value, opacity=0.5, plane="axial", index=None, window="soft_tissue", center=40.0,
+                     width=400.0, composite="natural"):  # fmt: skip
+            if v is None or value is None:
+                return gr.update(), gr.update(), gr.update(), gr.update(), v, gr.update()
+            out = panel.rethreshold(v, value, opacity, plane, index, window, center, width, composite)
+            return (*out, panel.position_from_threshold(v, float(value)))
 
-        threshold.release(rethreshold, inputs=[view, threshold], inputs_kwargs=draw_kw,
-                          outputs=[image, summary, files, report, view], api_visibility="private",
-                          show_progress="minimal", trigger_mode="always_last", concurrency_id="display",
-                          concurrency_limit=4)  # fmt: skip
+        common = dict(inputs_kwargs=draw_kw, api_visibility="private", show_progress="minimal",
+                      trigger_mode="always_last", concurrency_id="display", concurrency_limit=4)  # fmt: skip
+        scale.release(from_scale, inputs=[view, scale], outputs=[image, summary, files, report, view, threshold],
+                      **common)  # fmt: skip
+        for trigger in (threshold.submit, threshold.blur):
+            trigger(from_box, inputs=[view, threshold], outputs=[image, summary, files, report, view, scale], **common)
 
-    def rescan():
+    def rescan(key):
         skipped = catalog.refresh()
         if skipped:
             gr.Warning(f"{len(skipped)} checkpoint(s) skipped: " + "; ".join(skipped[:3]))
-        return gr.update(choices=catalog.choices(domain, task))
+        return _picker(catalog, panel, key)
 
-    refresh.click(rescan, outputs=[model], api_visibility="private", show_progress="hidden")
+    refresh.click(rescan, inputs=[model], outputs=[model, card], api_visibility="private", show_progress="hidden")
+    model.change(panel.card, inputs=[model], outputs=[card], api_visibility="private", show_progress="hidden")
+    return model, card
+
+
+def _picker(catalog: Any, panel: TaskPanel, key: str | None) -> tuple[Any, str]:
+    """The model picker's choices (models built after start-up appear) and the card of the model picked."""
+    import gradio as gr
+
+    keys = [k for _, k in catalog.choices(panel.domain, panel.task)]
+    if key not in keys:
+        key = catalog.default_key(panel.domain, panel.task)
+    return gr.update(choices=catalog.choices(panel.domain, panel.task), value=key), panel.card(key)
+
+
+def _upload_check(file_input: Any, note: Any, domain: str) -> None:
+    """A file the tab cannot read gets a readable line at once (a toast and a note under the upload box) and is
+    taken out of the box; a fitting one clears the note."""
+    import gradio as gr
+
+    from unimae.apps.ui_panel import check_upload
+
+    def check(path):
+        problem = check_upload(path, domain)
+        if problem is None:
+            return gr.update(), ""
+        gr.Warning(problem, title="Not a file for this tab")
+        return None, f"⚠️ {problem}"
+
+    file_input.upload(check, inputs=[file_input], outputs=[file_input, note], api_visibility="private",
+                      show_progress="hidden")  # fmt: skip
 
 
 def _models_tab(catalog: Any, settings: AppSettings, cache_note: str) -> None:
@@ -304,6 +359,7 @@ def build_app(
     settings = settings or AppSettings()
     outputs = outputs or OutputDirs(settings.output_ttl_s)
     examples = examples or {}
+    pickers: list[tuple[TaskPanel, Any, Any]] = []
     with gr.Blocks(title=settings.title, delete_cache=(900, max(900, settings.output_ttl_s))) as demo:
         gr.Markdown(
             "# UniMAE\nSegmentation, classification and anomaly maps from one masked-autoencoder core, for CT, "
@@ -319,8 +375,12 @@ def build_app(
                     gr.Markdown(DOMAIN_INTRO[domain])
                     with gr.Row():
                         with gr.Column(scale=1, min_width=260):
-                            file_input = gr.File(label=f"{title} file", file_types=list(plugin.extensions),
-                                                 type="filepath", elem_id=f"{domain}-file")  # fmt: skip
+                            # no file_types filter: the browser would refuse a wrong file silently; check_upload
+                            # says at once what is wrong and which tab reads it
+                            file_input = gr.File(label=f"{title} file", type="filepath", elem_id=f"{domain}-file",
+                                                 elem_classes=["unimae-upload"])  # fmt: skip
+                            file_note = gr.Markdown("", elem_id=f"{domain}-file-note")
+                            _upload_check(file_input, file_note, domain)
                             ex = [str(p) for p in examples.get(domain, [])]
                             if ex:
                                 gr.Examples(examples=[[p] for p in ex], inputs=[file_input], label="examples (synthetic)",
@@ -332,9 +392,19 @@ def build_app(
                                         continue
                                     with gr.Tab(TASK_TITLES[task], id=f"{domain}-{task}",
                                                 elem_id=f"tab-{domain}-{task}"):  # fmt: skip
-                                        _task_ui(TaskPanel(domain, task, catalog, outputs, settings), file_input, catalog)
+                                        panel = TaskPanel(domain, task, catalog, outputs, settings)
+                                        pickers.append((panel, *_task_ui(panel, file_input, catalog)))
             with gr.Tab("Models", id="models", elem_id="tab-models"):
                 _models_tab(catalog, settings, cache_note)
+
+        def on_load(*keys):  # a page opened later sees the demo models built since start-up
+            out: list[Any] = []
+            for (panel, _, _), key in zip(pickers, keys):
+                out.extend(_picker(catalog, panel, key))
+            return tuple(out)
+
+        demo.load(on_load, inputs=[m for _, m, _ in pickers], outputs=[c for _, m, card in pickers for c in (m, card)],
+                  api_visibility="private", show_progress="hidden")  # fmt: skip
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
     demo.unimae_outputs = outputs  # type: ignore[attr-defined]
     demo.unimae_settings = settings  # type: ignore[attr-defined]
@@ -398,9 +468,10 @@ def add_app_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "app",
         help="start the web app (segmentation, classification, anomaly maps for all domains)",
-        description="Start the UniMAE web app on http://HOST:PORT. Demo models for every domain and task are "
-        "built from synthetic data on first start (a few minutes, shown in the terminal) and cached; later starts "
-        "take seconds. --models adds every task checkpoint under a folder.",
+        description="Start the UniMAE web app on http://HOST:PORT. Demo models trained on real public data ship with "
+        "the project and load at once; the other panels' demo models are built from synthetic data in the "
+        "background on first start (under 2 minutes, shown in the terminal) and cached. --models adds every task "
+        "checkpoint under a folder.",
     )
     p.add_argument("--models", metavar="DIR", default=None, help="a folder of task checkpoints (NAME.json + NAME.safetensors)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -426,9 +497,31 @@ def _serve_forever(demo: Any) -> None:
         demo.close()
 
 
+def _watch_build(proc: Any, root: Path, catalog: Any) -> None:
+    """Wait for the child building the synthetic demo models; add them to the catalog when it is done."""
+    import threading
+
+    from unimae.apps.demo_models import load_demo
+
+    def wait() -> None:
+        code = proc.wait()
+        bundle = load_demo(root) if code == 0 else None
+        if bundle is None:
+            reason = f"the build stopped with status {code}" if code else f"no complete build in {root}"
+            catalog.build_ended(reason)
+            print(f"unimae: demo models were not built ({reason}); run `unimae demo` to see why", flush=True)
+            return
+        catalog.add_demo(bundle.models)
+        print(f"unimae: {len(bundle.models)} demo model(s) built from synthetic data are ready "
+              "(a reloaded page lists them)", flush=True)  # fmt: skip
+
+    threading.Thread(target=wait, name="unimae-demo-build", daemon=True).start()
+
+
 def run_app(args: argparse.Namespace) -> int:
-    """Run ``unimae app``: build or load the demo models, scan ``--models``, serve until Ctrl-C."""
-    from unimae.apps.demo_models import ensure_demo
+    """Run ``unimae app``: load the shipped demo models, load or start building (in a child process) the synthetic
+    ones, scan ``--models``, serve until Ctrl-C."""
+    from unimae.apps.demo_models import start_background_build
     from unimae.apps.ui_models import ModelCatalog
 
     logging.basicConfig(level=logging.INFO, format="unimae: %(message)s")
@@ -440,27 +533,44 @@ def run_app(args: argparse.Namespace) -> int:
     demo_models: dict[str, Path] = {}
     examples: dict[str, list[Path]] = {}
     note = ""
+    builder = None
+    pending: tuple[str, ...] = ()
+    allowed: list[Path] = []
     if not args.no_demo:
-        bundle = ensure_demo(profile=getattr(args, "demo_profile", "default"), progress=True)
-        demo_models, examples = bundle.models, bundle.examples
-        note = f"Demo models are cached in `{bundle.root}`."
+        bundle, builder = start_background_build(getattr(args, "demo_profile", "default"))
+        demo_models, examples, pending, allowed = bundle.models, bundle.examples, bundle.pending, bundle.paths
+        note = f"Demo models built from synthetic data are cached in `{bundle.root}`."
+        if bundle.shipped:
+            note += " Shipped demo models (real data): " + ", ".join(f"`{k}`" for k in sorted(bundle.shipped)) + "."
+        if pending:
+            print(f"unimae: building {len(pending)} demo model(s) from synthetic data in the background (first start "
+                  "only); their panels say so until they are ready", flush=True)  # fmt: skip
     elif args.models is None:
         raise InputError("--no-demo needs --models DIR (there would be no model to run)")
-    catalog = ModelCatalog(demo_models, args.models)
+    catalog = ModelCatalog(demo_models, args.models, pending=pending)
+    if builder is not None:
+        _watch_build(builder, bundle.root, catalog)
     for reason in catalog.skipped:
         print(f"unimae: note: skipped checkpoint {reason}", flush=True)
-    settings = AppSettings(device=args.device, precision=args.precision, concurrency=args.concurrency,
-                           max_file_size=args.max_file_size)  # fmt: skip
-    device_summary(settings)  # a device this machine lacks: say so now, not at the first request
-    demo = build_app(catalog, examples, settings=settings, cache_note=note)
-    allowed = [bundle.root] if not args.no_demo else []
-    _, url, share_url = launch_app(demo, host=args.host, port=args.port, auth=auth, share=bool(args.share),
-                                   allowed_paths=allowed, prevent_thread_lock=True, quiet=True)  # fmt: skip
-    n = len(catalog.entries())
-    print(f"unimae: app ready in {time.perf_counter() - t0:.1f} s with {n} model(s): {url}", flush=True)
-    if share_url:
-        print(f"unimae: public link: {share_url}", flush=True)
-    _serve_forever(demo)
+    try:
+        settings = AppSettings(device=args.device, precision=args.precision, concurrency=args.concurrency,
+                               max_file_size=args.max_file_size)  # fmt: skip
+        device_summary(settings)  # a device this machine lacks: say so now, not at the first request
+        demo = build_app(catalog, examples, settings=settings, cache_note=note)
+        _, url, share_url = launch_app(demo, host=args.host, port=args.port, auth=auth, share=bool(args.share),
+                                       allowed_paths=allowed, prevent_thread_lock=True, quiet=True)  # fmt: skip
+        n = len(catalog.entries())
+        print(f"unimae: app ready in {time.perf_counter() - t0:.1f} s with {n} model(s): {url}", flush=True)
+        if share_url:
+            print(f"unimae: public link: {share_url}", flush=True)
+        _serve_forever(demo)
+    finally:
+        if builder is not None and builder.poll() is None:
+            builder.terminate()  # the build keeps nothing half-done; the next start builds again
+            try:
+                builder.wait(timeout=30)
+            except Exception:  # noqa: BLE001
+                builder.kill()
     return 0
 
 

@@ -8,9 +8,10 @@ can never make the app open an arbitrary path.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from unimae.core.checkpoint import FORMAT, checkpoint_paths, read_checkpoint_meta
 from unimae.core.errors import InputError
@@ -30,6 +31,8 @@ class ModelEntry:
         path: the checkpoint's JSON file.
         domain, task, class_names, multi_label: from the checkpoint JSON.
         source: ``"demo"`` or ``"local"``.
+        model_card: the JSON's ``model_card`` (what the model was trained on, data, licence, metrics, intended
+            use), or None when it has none (a user's own checkpoint).
     """
 
     key: str
@@ -39,6 +42,17 @@ class ModelEntry:
     class_names: tuple[str, ...]
     multi_label: bool = False
     source: str = "local"
+    model_card: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def trained_on(self) -> str | None:
+        """``"real"`` or ``"synthetic"`` (from the model card; a demo model without one was built from synthetic
+        data), None when unknown (a user's checkpoint without a card)."""
+        card = self.model_card or {}
+        value = card.get("trained_on")
+        if value in ("real", "synthetic"):
+            return str(value)
+        return "synthetic" if self.source == "demo" else None
 
     @property
     def label(self) -> str:
@@ -46,11 +60,17 @@ class ModelEntry:
         names = list(self.class_names)
         shown = ", ".join(names[:_MAX_CLASSES_SHOWN]) + (f", +{len(names) - _MAX_CLASSES_SHOWN}" if len(names) > _MAX_CLASSES_SHOWN else "")
         kind = " (multi-label)" if self.multi_label else ""
-        name = "demo model" if self.source == "demo" else self.key.removeprefix("models/")
+        if self.source == "demo":
+            data = (self.model_card or {}).get("data") or {}
+            name = {"real": f"demo model, real data ({data.get('name', 'public images')})",
+                    "synthetic": "demo model, synthetic data"}.get(self.trained_on or "", "demo model")  # fmt: skip
+        else:
+            name = self.key.removeprefix("models/")
         return f"{name} · {self.domain} {self.task}{kind} · {shown}"
 
     def as_row(self) -> list[str]:
-        return [self.key, self.domain, self.task, ", ".join(self.class_names), self.source, str(self.path)]
+        return [self.key, self.domain, self.task, ", ".join(self.class_names), self.source, self.trained_on or "",
+                str(self.path)]  # fmt: skip
 
 
 def _entry(json_path: Path, key: str, source: str) -> ModelEntry:
@@ -61,6 +81,7 @@ def _entry(json_path: Path, key: str, source: str) -> ModelEntry:
     if not tensors.is_file():
         raise InputError(f"weights {tensors.name} missing", json_path)
     info = parse_task_metadata(meta, json_path)
+    card = meta.get("model_card")
     return ModelEntry(
         key=key,
         path=json_path,
@@ -69,6 +90,7 @@ def _entry(json_path: Path, key: str, source: str) -> ModelEntry:
         class_names=tuple(info["class_names"]),
         multi_label=bool(info["multi_label"]),
         source=source,
+        model_card=dict(card) if isinstance(card, Mapping) else None,
     )
 
 
@@ -99,19 +121,36 @@ class ModelCatalog:
     """Demo models first, then the checkpoints under ``models_dir``; :meth:`refresh` rescans the folder.
 
     Args:
-        demo: ``{"<domain>_<task>": checkpoint JSON path}`` of the built demo models.
+        demo: ``{"<domain>_<task>": checkpoint JSON path}`` of the demo models (shipped and built).
         models_dir: a folder of the user's checkpoints (scanned recursively), or None.
+        pending: ``"<domain>_<task>"`` demo models still being built (first start): asking for one says so.
     """
 
-    def __init__(self, demo: dict[str, Path] | None = None, models_dir: str | Path | None = None) -> None:
+    def __init__(self, demo: dict[str, Path] | None = None, models_dir: str | Path | None = None,
+                 pending: Iterable[str] = ()) -> None:  # fmt: skip
         self.models_dir = Path(models_dir).expanduser() if models_dir is not None else None
         self._demo: list[ModelEntry] = []
         for name, path in sorted((demo or {}).items()):
             self._demo.append(_entry(Path(path), f"demo/{name}", "demo"))
         self._local: list[ModelEntry] = []
         self.skipped: list[str] = []
+        self.pending: set[str] = set(pending) - set(demo or {})
+        self.build_failed: str | None = None
         self._lock = threading.Lock()
         self.refresh()
+
+    def add_demo(self, models: Mapping[str, Path]) -> None:
+        """Add demo models built after start-up (they are no longer pending)."""
+        new = [_entry(Path(path), f"demo/{name}", "demo") for name, path in sorted(models.items())]
+        with self._lock:
+            have = {e.key for e in self._demo}
+            self._demo = sorted(self._demo + [e for e in new if e.key not in have], key=lambda e: e.key)
+            self.pending -= set(models)
+
+    def build_ended(self, reason: str) -> None:
+        """The background build of the pending demo models failed: say why when one is asked for."""
+        with self._lock:
+            self.build_failed = reason
 
     def refresh(self) -> list[str]:
         """Rescan ``models_dir``; returns the skipped files' reasons."""
@@ -143,7 +182,7 @@ class ModelCatalog:
         if not key:
             found = self.entries(domain, task)
             if not found:
-                raise InputError(f"no {domain} {task} model is available; build the demo models or pass --models")
+                raise InputError(self._missing(domain, task))
             return found[0]
         for attempt in range(2):
             hit = next((e for e in self.entries() if e.key == key), None)
@@ -151,6 +190,8 @@ class ModelCatalog:
                 break
             if attempt == 0 and self.models_dir is not None:
                 self.refresh()  # a checkpoint saved after start-up
+        if hit is None and key == f"demo/{domain}_{task}" and f"{domain}_{task}" in self.pending:
+            raise InputError(self._missing(domain, task))
         if hit is None:
             known = ", ".join(e.key for e in self.entries(domain, task)) or "none"
             raise InputError(f"unknown model {key!r}; {domain} {task} models: {known}")
@@ -158,12 +199,20 @@ class ModelCatalog:
             raise InputError(f"model {key!r} is a {hit.domain} {hit.task} model, not {domain} {task}")
         return hit
 
+    def _missing(self, domain: str, task: str) -> str:
+        if f"{domain}_{task}" in self.pending:
+            if self.build_failed:
+                return f"the {domain} {task} demo model could not be built ({self.build_failed}); run `unimae demo`"
+            return (f"the {domain} {task} demo model is still being built from synthetic data (first start only, "
+                    "progress in the terminal); try again in a minute")  # fmt: skip
+        return f"no {domain} {task} model is available; build the demo models or pass --models"
+
     def rows(self) -> list[list[str]]:
         return [e.as_row() for e in self.entries()]
 
     @staticmethod
     def columns() -> Sequence[str]:
-        return ("key", "domain", "task", "classes", "source", "checkpoint")
+        return ("key", "domain", "task", "classes", "source", "trained on", "checkpoint")
 
     def __iter__(self) -> Iterable[ModelEntry]:
         return iter(self.entries())

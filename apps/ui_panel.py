@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ __all__ = [
     "safe_stem",
     "device_summary",
     "warm_up",
+    "card_markdown",
+    "check_upload",
 ]
 
 log = logging.getLogger("unimae.app")
@@ -223,6 +225,91 @@ def describe_input(pred: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+# what a model is (its card) and whether a file fits a tab
+# ------------------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def card_markdown(entry: Any) -> str:
+    """What the panel says about its model before a run: the synthetic-data warning, or a real-data model's card
+    (data and licence, the held-out metric beside the baseline's, intended use, how to retrain it)."""
+    from unimae.apps.demo_models import SYNTHETIC_NOTICE
+
+    if entry is None:
+        return ""
+    if entry.trained_on == "synthetic":
+        return f"⚠️ **{SYNTHETIC_NOTICE}.**"
+    card = entry.model_card or {}
+    if entry.trained_on != "real" or not card:
+        return ""
+    data = card.get("data") or {}
+    name = data.get("name") or "public images"
+    citation = f" ({data['citation']})" if data.get("citation") else ""
+    metrics = card.get("metrics") or {}
+    held_out = "; ".join(f"{k}: {_fmt(v)}" for k, v in metrics.items()) if isinstance(metrics, Mapping) else _fmt(metrics)
+    lines = [
+        f"**Model card** · trained on real images: **{name}**{citation}",
+        f"licence: {data.get('licence', 'not stated')} · source: {data.get('source', 'not stated')}",
+        f"held-out: {held_out}" if held_out else "",
+        f"intended use: **{card.get('intended_use', 'demonstration, not for diagnosis')}**"
+        + (f" · not for: {_fmt(card['not_for'])}" if card.get("not_for") else ""),
+        f"retrain: `{card['retrain']}`" if card.get("retrain") else "",
+    ]
+    return "  \n".join(line for line in lines if line)
+
+
+_KINDS = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".dcm": "DICOM", ".dicom": "DICOM", ".zip": "zipped DICOM series",
+          ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF / GeoTIFF", ".tiff": "TIFF / GeoTIFF",
+          ".bmp": "BMP", ".ppm": "PPM"}  # fmt: skip
+_TAB_TITLES = {"ct": "CT", "fundus": "Fundus", "xray": "X-ray", "multispectral": "Multispectral"}
+
+
+def _suffix(name: str) -> str:
+    low = name.lower()
+    return ".nii.gz" if low.endswith(".nii.gz") else Path(low).suffix
+
+
+def check_upload(path: str | Path | None, domain: str) -> str | None:
+    """None when a file may be what the ``domain`` tab reads (by its name, or DICOM content for CT / X-ray), else
+    one line saying why not and which tab reads it. Content is checked when the model runs."""
+    from unimae.domains import get_domain
+
+    if not path:
+        return None
+    path = Path(path)
+    name = path.name
+    suffix = _suffix(name)
+    plugin = get_domain(domain)
+    if suffix in plugin.extensions:
+        return None
+    if domain in ("ct", "xray") and _has_dicom_magic(path):
+        return None  # a DICOM file without an extension
+    kinds = sorted({f"{_KINDS.get(e, e)} ({e})" for e in plugin.extensions})
+    others = [_TAB_TITLES[d] for d in _TAB_TITLES if d != domain and suffix and suffix in get_domain(d).extensions]
+    hint = f"; a {suffix} file belongs on the {' or '.join(others)} tab" if others else ""
+    what = f"a {suffix} file" if suffix else "a file without an extension"
+    return f"{name}: {what} is not something the {_TAB_TITLES[domain]} tab reads (it reads {', '.join(kinds)}){hint}"
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
 # the callbacks of one domain x task
 # ------------------------------------------------------------------------------------------------
 @dataclass
@@ -301,15 +388,37 @@ class TaskPanel:
                 lines.append(f"predicted: **{chosen}**")
         if note:
             lines.append(note)
+        if entry.trained_on == "synthetic":
+            from unimae.apps.demo_models import SYNTHETIC_NOTICE
+
+            lines.append(f"⚠️ **{SYNTHETIC_NOTICE}.**")
+        elif entry.trained_on == "real":
+            lines.append("demonstration model trained on real public images: not for diagnosis")
         return "  \n".join(lines)
 
-    def write(self, pred: Any, file_name: str, opacity: float) -> tuple[list[str], dict]:
-        """Downloads in the source geometry (the predict layer's writer) and the JSON report."""
+    def card(self, key: str | None) -> str:
+        """What the panel says about the model picked (see :func:`card_markdown`); a model still being built or
+        an unknown key gets one line."""
+        try:
+            entry = self.catalog.resolve(key, self.domain, self.task)
+        except InputError as err:
+            return f"_{err}_"
+        return card_markdown(entry)
+
+    def write(self, pred: Any, file_name: str, opacity: float, extra: Mapping[str, Any] | None = None
+              ) -> tuple[list[str], dict]:  # fmt: skip
+        """Downloads in the source geometry (the predict layer's writer) and the JSON report (plus ``extra``, e.g.
+        what the model was trained on)."""
         from unimae.apps.predict import write_prediction
+        from unimae.core.fileio import atomic_path
 
         out = self.outputs.new()
         files = write_prediction(pred, out, safe_stem(file_name), alpha=float(opacity), plugin=self.plugin)
         report = json.loads(Path(files["report"]).read_text())
+        if extra:
+            report.update(extra)
+            with atomic_path(Path(files["report"])) as tmp:
+                tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
         order = [k for k in ("seg", "heatmap", "anomaly_mask", "overlay", "report") if files.get(k) is not None]
         order += [k for k in files if k not in order and files[k] is not None]
         return [str(files[k]) for k in order], report
@@ -356,6 +465,13 @@ class TaskPanel:
             if progress is not None:
                 progress(0.85, desc="drawing and writing the results")
             view = prepare_view(pred, self.plugin)
+            if self.task == "anomaly":
+                anomaly = predictor.meta.get("anomaly") if isinstance(predictor.meta, Mapping) else None
+                cal = (anomaly or {}).get("pixel_threshold") if isinstance(anomaly, Mapping) else None
+                view.calibrated = float(cal) if isinstance(cal, (int, float)) and cal > 0 else pred.threshold
+            view.extra = {"model": entry.key, "trained_on": entry.trained_on}
+            if entry.trained_on == "real" and entry.model_card:
+                view.extra["model_data"] = (entry.model_card.get("data") or {}).get("name")
             note = ""
             try:
                 image = self.draw(view, opacity=opacity, plane=plane, window=window, center=center, width=width,
@@ -363,7 +479,7 @@ class TaskPanel:
             except InputError as err:  # a display choice this input cannot have (e.g. false colour of RGB)
                 note = f"note: {err}; showing natural colour"
                 image = self.draw(view, opacity=opacity, plane=plane, window=window, center=center, width=width)
-            files, report = self.write(pred, file_name, opacity)
+            files, report = self.write(pred, file_name, opacity, view.extra)
             seconds = time.perf_counter() - t0
             log.info("%s: %s input done in %.2f s", self.name, "".join(path.suffixes[-2:]) or "extension-less", seconds)
             status = self.status(view, entry, file_name, seconds, note)
@@ -417,29 +533,51 @@ class TaskPanel:
             image = self.draw(view, opacity=opacity, plane=plane, index=index, window=window, center=center,
                               width=width, composite=composite)  # fmt: skip
             name = view.pred.meta.get("path") or "input"
-            files, report = self.write(view.pred, Path(str(name)).name, opacity)
+            files, report = self.write(view.pred, Path(str(name)).name, opacity, view.extra)
             return self.outputs.png(image), self.summary(view), files, report, view
 
-    def controls(self, view: Any, plane: str = "axial") -> tuple[Any, Any]:
-        """After a run: the slice slider sized to the volume, the threshold slider around the heat map."""
+    def scale(self, view: Any) -> tuple[float | None, float]:
+        """``(calibrated threshold, top)`` of the page's threshold scale for this view."""
+        from unimae.apps.ui_render import threshold_top
+
+        heat = view.pred.heatmap
+        hot = float(heat.max()) if heat is not None and heat.size else 0.0
+        return view.calibrated, threshold_top(hot)
+
+    def threshold_from_position(self, view: Any, position: float) -> float:
+        from unimae.apps.ui_render import position_to_threshold
+
+        cal, top = self.scale(view)
+        return float(f"{position_to_threshold(position, cal, top):.4g}")
+
+    def position_from_threshold(self, view: Any, threshold: float) -> float:
+        from unimae.apps.ui_render import threshold_to_position
+
+        cal, top = self.scale(view)
+        return round(threshold_to_position(threshold, cal, top), 4)
+
+    def controls(self, view: Any, plane: str = "axial") -> tuple[Any, Any, Any]:
+        """After a run: the slice slider sized to the volume, and for anomaly maps the threshold scale (the calibrated
+        threshold in the middle) and the threshold box (the calibrated value)."""
         import gradio as gr
 
         from unimae.apps.ui_render import slice_count, start_slice
 
         if view is None:
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         slice_update = gr.update()
         if view.kind == "volume":
             n = slice_count(view, plane or "axial")
             slice_update = gr.update(minimum=0, maximum=max(n - 1, 1), value=start_slice(view, plane or "axial"),
                                      step=1, interactive=n > 1, label=f"{plane} slice (of {n})")  # fmt: skip
-        thr_update = gr.update()
+        scale_update, box_update = gr.update(), gr.update()
         pred = view.pred
         if pred.task == "anomaly" and pred.heatmap is not None:
-            top = float(np.format_float_positional(float(view.vmax) * 1.02, precision=3, unique=False, fractional=False,
-                                                   trim="-"))  # just above the hottest pixel: the slider's end flags nothing
-            top = max(top, float(view.vmax) * 1.01)
+            cal, top = self.scale(view)
             value = float(pred.threshold) if pred.threshold is not None else 0.5 * top
-            thr_update = gr.update(minimum=0.0, maximum=top, value=round(min(value, top), 6),
-                                   step=float(f"{top / 1000.0:.2g}") or 1e-6, interactive=True)  # fmt: skip
-        return slice_update, thr_update
+            middle = f"{cal:.4g} (calibrated)" if cal is not None and 0 < cal < top else f"{0.5 * top:.4g}"
+            scale_update = gr.update(value=self.position_from_threshold(view, value), interactive=True,
+                                     label=f"threshold scale: left 0 · middle {middle} · right {top:.4g} (nothing "
+                                     "flagged)")  # fmt: skip
+            box_update = gr.update(value=float(f"{value:.4g}"), interactive=True)
+        return slice_update, scale_update, box_update

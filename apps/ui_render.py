@@ -41,6 +41,9 @@ __all__ = [
     "blend_labels",
     "blend_heat",
     "heat_vmax",
+    "threshold_top",
+    "position_to_threshold",
+    "threshold_to_position",
     "legend_html",
     "anomaly_html",
     "heat_colours",
@@ -156,6 +159,44 @@ def heat_vmax(heat: np.ndarray, threshold: float | None) -> float:
     return top if top > 0 else 1.0
 
 
+def threshold_top(heat_max: float) -> float:
+    """The top of the threshold scale: a round number just above the hottest pixel (it flags nothing)."""
+    hot = max(float(heat_max), 0.0)
+    if hot <= 0:
+        return 1.0
+    top = float(np.format_float_positional(hot * 1.02, precision=3, unique=False, fractional=False, trim="-"))
+    return max(top, hot * 1.01)
+
+
+def position_to_threshold(position: float, calibrated: float | None, top: float) -> float:
+    """A pixel threshold from a position in ``[0, 1]`` on the page's threshold scale.
+
+    The calibrated threshold sits in the middle (0.5); below it the scale is linear down to 0, above it geometric
+    up to ``top`` (just above the hottest pixel), so both "a bit stricter than calibrated" and "only the very hottest
+    spot" are in reach even when the hottest pixel is a hundred times the calibrated value. Without a calibrated
+    threshold (or one outside ``(0, top)``) the scale is linear from 0 to ``top``.
+    """
+    p = float(np.clip(float(position), 0.0, 1.0))
+    top = float(top)
+    if calibrated is None or not 0.0 < float(calibrated) < top:
+        return p * top
+    cal = float(calibrated)
+    if p <= 0.5:
+        return cal * p / 0.5
+    return cal * (top / cal) ** ((p - 0.5) / 0.5)
+
+
+def threshold_to_position(threshold: float, calibrated: float | None, top: float) -> float:
+    """The inverse of :func:`position_to_threshold` (clamped to ``[0, 1]``)."""
+    t, top = max(float(threshold), 0.0), float(top)
+    if calibrated is None or not 0.0 < float(calibrated) < top:
+        return float(np.clip(t / top if top > 0 else 0.0, 0.0, 1.0))
+    cal = float(calibrated)
+    if t <= cal:
+        return 0.5 * t / cal
+    return float(np.clip(0.5 + 0.5 * np.log(t / cal) / np.log(top / cal), 0.0, 1.0))
+
+
 def blend_heat(
     base: np.ndarray,
     heat: np.ndarray,
@@ -262,7 +303,9 @@ class ResultView:
         labels, heat, mask: the results on the displayed grid (RAS for volumes).
         hu: volumes: HU in RAS order; ``spacing``: its voxel size along R, A, S.
         colours, hidden: label colours and the classes not drawn.
-        vmax: heat value at full colour.
+        vmax: heat value at full colour (the colour bar's maximum: fixed for the view, whatever the threshold).
+        calibrated: anomaly models: the calibrated pixel threshold (the middle of the page's threshold scale).
+        extra: report entries the app adds (e.g. ``trained_on``).
     """
 
     pred: Any
@@ -281,6 +324,8 @@ class ResultView:
     hidden: tuple[int, ...] = ()
     vmax: float = 1.0
     step: int = 1  # display decimation of 2D pictures
+    calibrated: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -351,9 +396,10 @@ def prepare_view(pred: Any, plugin: Any) -> ResultView:
 
 
 def with_threshold(view: ResultView, threshold: float | None) -> ResultView:
-    """The view with a new anomaly threshold: the predict layer re-thresholds the kept heat map (no model run)."""
+    """The view with a new anomaly threshold: the predict layer re-thresholds the kept heat map (no model run).
+    The colour scale (``vmax``) stays as it was: only the outline of the flagged area moves."""
     pred = view.pred.with_threshold(threshold)
-    out = dc_replace(view, pred=pred, vmax=heat_vmax(pred.heatmap, pred.threshold))
+    out = dc_replace(view, pred=pred)
     if pred.anomaly_mask is None:
         out.mask = None
     elif view.kind == "volume":

@@ -119,6 +119,70 @@ def test_blend_heat_outlines_the_mask_and_scales_by_vmax():
     assert R.heat_vmax(np.array([0.1, 3.0]), threshold=1.0) == pytest.approx(3.0)
 
 
+def test_threshold_scale_puts_the_calibrated_value_mid_range():
+    cal, top = 1.8, R.threshold_top(380.0)  # the CT anomaly case of issue 10: hottest pixel 211 x the calibrated one
+    assert 380.0 < top < 390.0
+    assert R.position_to_threshold(0.5, cal, top) == pytest.approx(cal)
+    assert R.position_to_threshold(0.0, cal, top) == 0.0 and R.position_to_threshold(1.0, cal, top) == pytest.approx(top)
+    grid = np.linspace(0, 1, 101)
+    values = [R.position_to_threshold(p, cal, top) for p in grid]
+    assert all(b > a for a, b in zip(values, values[1:]))  # monotonic
+    assert R.position_to_threshold(0.6, cal, top) < 5 * cal  # fine control just above the calibrated value
+    for t in (0.0, 0.9, cal, 7.0, 200.0, top):
+        assert R.position_to_threshold(R.threshold_to_position(t, cal, top), cal, top) == pytest.approx(t, abs=1e-9)
+    assert R.threshold_to_position(1e6, cal, top) == 1.0
+    assert R.position_to_threshold(0.25, None, 10.0) == pytest.approx(2.5)  # no calibration: linear
+    assert R.threshold_to_position(2.5, None, 10.0) == pytest.approx(0.25)
+
+
+def test_colour_bar_keeps_its_maximum_when_the_threshold_moves():
+    view = R.prepare_view(ct_prediction("anomaly"), None)
+    before = R.anomaly_html(view.pred, view.vmax)
+    moved = R.with_threshold(view, 3.5)
+    assert moved.vmax == view.vmax
+    after = R.anomaly_html(moved.pred, moved.vmax)
+    top_label = lambda h: h.rsplit("<span>", 1)[1].split("</span>")[0]  # noqa: E731
+    assert top_label(before) == top_label(after) and before != after
+
+
+def test_upload_check_names_the_problem_and_the_right_tab(tmp_path):
+    from unimae.apps.ui_panel import check_upload
+
+    png = tmp_path / "000123_a_very_long_name_of_a_chest_film.png"
+    png.write_bytes(b"x")
+    msg = check_upload(png, "ct")
+    assert msg is not None and png.name in msg and "CT tab" in msg and "NIfTI" in msg and "Fundus or X-ray" in msg
+    assert check_upload(png, "xray") is None and check_upload(png, "fundus") is None
+    assert check_upload(tmp_path / "scan.nii.gz", "ct") is None and check_upload(None, "ct") is None
+    assert "Multispectral" not in (check_upload(tmp_path / "scene.tif", "fundus") or "x")  # fundus reads TIFF too
+    dcm = tmp_path / "IM0001"  # a DICOM file without an extension: recognised by its content
+    dcm.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    assert check_upload(dcm, "ct") is None and check_upload(dcm, "xray") is None
+    assert "without an extension" in check_upload(dcm, "multispectral")
+
+
+def test_natural_colour_composite_picks_bands_by_name_and_keeps_a_uniform_tile_calm():
+    from unimae.domains.multispectral.bands import preset_channels
+    from unimae.domains.multispectral.plotting import composite_bands, rgb_composite
+
+    channels = [dict(c) for c in preset_channels("eurosat")]
+    names = [c["name"] for c in channels]
+    assert names[-1] == "B8A"  # EuroSAT order: B8A last
+    assert [names[i] for i in composite_bands(channels, "natural")] == ["B04", "B03", "B02"]
+    assert [names[i] for i in composite_bands(channels, "false_color")] == ["B08", "B04", "B03"]
+    rng = np.random.default_rng(0)
+    level = {"B02": 0.085, "B03": 0.063, "B04": 0.037}  # a forest tile: dark, hazy blue, little texture
+    img = np.stack([np.full((64, 64), level.get(n, 0.2)) + rng.normal(0, 0.004, (64, 64)) for n in names])
+    rgba = rgb_composite(img.astype(np.float32), None, channels)
+    assert rgba.shape == (64, 64, 4) and (rgba[..., 3] == 1).all()
+    assert float(rgba[..., :3].std(axis=(0, 1)).max()) < 0.12  # not stretched into coloured noise
+    assert float(rgba[..., :3].mean()) < 0.5  # a dark tile stays dark
+    bright = img.copy()
+    bright[:, :, :32] += 0.2  # real contrast is kept
+    out = rgb_composite(bright.astype(np.float32), None, channels)
+    assert float(out[:, :32, :3].mean() - out[:, 32:, :3].mean()) > 0.4
+
+
 def test_window_grey():
     g = R.window_grey(np.array([-1000.0, 40.0, 240.0, 3000.0]), 40.0, 400.0)
     assert g.shape == (4, 3) and list(g[:, 0]) == [0, 128, 255, 255]
@@ -417,6 +481,8 @@ def test_endpoint(live, domain, task, suffix):
     plugin = get_domain(domain)
     assert report["task"] == task and report["domain"] == domain and report["file"] == src.name
     assert src.name in status and f"demo/{domain}_{task}" in status
+    assert report["trained_on"] == "synthetic" and report["model"] == f"demo/{domain}_{task}"
+    assert "demo model trained on synthetic images: its output on real images is not meaningful" in status
     names = [Path(f).name for f in files]
     stem = src.name.split(".")[0]
     assert f"{stem}.json" in names
@@ -556,8 +622,16 @@ def test_panel_threshold_and_redraw_do_not_rerun_the_model(bundle, monkeypatch):
     assert np.array_equal(a, b)  # the lung preset is center -600 / width 1500
     with Image.open(panel.redraw(view, 0.6, "coronal", 3, "lung", None, None)) as im:
         assert np.array_equal(np.asarray(im), a)
-    slice_upd, thr_upd = panel.controls(view, "sagittal")
-    assert slice_upd["maximum"] == view.hu.shape[0] - 1 and thr_upd["maximum"] >= top
+    slice_upd, scale_upd, box_upd = panel.controls(view, "sagittal")
+    assert slice_upd["maximum"] == view.hu.shape[0] - 1
+    calibrated = view.pred.threshold
+    assert view.calibrated == pytest.approx(calibrated) and box_upd["value"] == pytest.approx(calibrated, rel=1e-3)
+    assert scale_upd["value"] == pytest.approx(0.5, abs=1e-3)  # the calibrated threshold sits mid-scale
+    assert panel.threshold_from_position(view, 1.0) > top  # the right end flags nothing
+    assert panel.threshold_from_position(view, 0.5) == pytest.approx(calibrated, rel=1e-3)
+    assert high[4].vmax == view.vmax == low[4].vmax  # the colour bar keeps its maximum when the threshold moves
+    assert report["trained_on"] == "synthetic" and json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())["trained_on"] == "synthetic"
+    assert "synthetic images" in status and "not meaningful" in status
     with pytest.raises(Exception, match="width must be"):
         panel.redraw(view, 0.6, "axial", 0, "custom", 40.0, -5.0)
 

@@ -54,8 +54,16 @@ def rgb_composite(
     composite: str = "natural",
     percentiles: tuple[float, float] = (2.0, 98.0),
 ) -> np.ndarray:
-    """An ``(H, W, 4)`` RGBA float image: the composite bands with a per-band percentile stretch over
-    valid pixels; invalid (nodata) pixels are fully transparent. One-band images are shown in grey."""
+    """An ``(H, W, 4)`` RGBA float image of the composite bands (chosen by wavelength, so by band *name* whatever the
+    file's band order, e.g. EuroSAT's B8A-last); invalid (nodata) pixels are fully transparent. One-band images are
+    shown in grey.
+
+    The stretch is robust and keeps the colours: each band's low percentile over valid pixels is its black (which
+    also removes the haze that lifts the blue band of top-of-atmosphere data), and one common span maps the bands to
+    ``[0, 1]`` (the widest band's low-to-high percentile range, and for reflectances at least half the brightest
+    band's high percentile). Stretching each band to its own range instead turns a uniform tile (a forest) into
+    coloured noise.
+    """
     img = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
     h, w = img.shape[1:]
     ok = np.ones((h, w), bool) if valid is None else np.asarray(valid.cpu() if isinstance(valid, torch.Tensor) else valid, bool)
@@ -64,14 +72,20 @@ def rgb_composite(
     else:
         idx = composite_bands(channels, composite)
     rgba = np.zeros((h, w, 4), dtype=np.float32)
+    los, his = [], []
+    for b in idx:
+        vals = img[b][ok]
+        vals = vals[np.isfinite(vals)]
+        lo, hi = np.percentile(vals, percentiles) if vals.size else (0.0, 1.0)
+        los.append(float(lo))
+        his.append(float(hi))
+    span = max(hi - lo for lo, hi in zip(los, his))
+    if min(los) >= 0.0:  # reflectances / counts: a uniform dark tile stays dark instead of stretched noise
+        span = max(span, 0.5 * max(his))
+    span = max(span, 1e-12)
     for k, b in enumerate(idx):
-        band = img[b]
-        vals = band[ok]
-        if vals.size:
-            lo, hi = np.percentile(vals, percentiles)
-        else:
-            lo, hi = 0.0, 1.0
-        rgba[..., k] = np.clip((band - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+        rgba[..., k] = np.clip((img[b] - los[k]) / span, 0.0, 1.0)
+    rgba[..., :3] = np.nan_to_num(rgba[..., :3])
     rgba[..., 3] = ok.astype(np.float32)
     return rgba
 
