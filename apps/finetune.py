@@ -53,9 +53,10 @@ Data
 Without ``data.train`` the domain's synthetic labelled data are used (anomaly: normal-only training
 data, ``lesion_prob=0``, and validation data with lesions); the validation set is synthetic too, drawn
 with seed ``seed + 100003``. With ``data.train`` (a folder or CSV manifest read through the plugin)
-validation uses ``data.val``, or ``data.val_fraction`` held out of ``data.train``; ``data.val: synthetic``
-validates on synthetic data. ``data.class_names`` fixes the class order (classify) or names the mask
-values (segment).
+validation uses ``data.val``, else the source's own ``val`` split, else ``data.val_fraction`` (default 0.1;
+0 = no validation) carved out of its training part, stratified by class and grouped by patient
+(:func:`~unimae.domains.datasets.local_dataset`); ``data.val: synthetic`` validates on synthetic data.
+``data.class_names`` fixes the class order (classify) or names the mask values (segment).
 
 Outputs (rank 0; every file atomically)::
 
@@ -474,8 +475,12 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     if names_given is not None and not isinstance(names_given, (list, tuple)):
         raise InputError(f"data.class_names must be a list of names, got {names_given!r}")
     train_lp = d.pop("lesion_prob", 0.0 if task == "anomaly" else None)
-    val_fraction = float(d.get("val_fraction") or 0.0)  # explicit hold-out of a source without splits
     train_src = train_src if _is_source(train_src) and not _is_synthetic(train_src) else None
+    if train_src is not None and not _is_source(val_src) and d.get("val_fraction") is None:
+        from unimae.domains.datasets import DEFAULT_VAL_FRACTION
+
+        d["val_fraction"] = DEFAULT_VAL_FRACTION  # no data.val: validate on a carved-out share of data.train
+    val_fraction = float(d.get("val_fraction") or 0.0)
 
     kw = dict(d)
     if task == "classify" and names_given is not None:

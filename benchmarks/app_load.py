@@ -7,7 +7,9 @@
     python benchmarks/app_load.py --url http://127.0.0.1:7860/     # an app that is already running
 
 Without ``--url`` it starts ``unimae app`` (demo models, built first if missing) in a subprocess on a free
-port and reports that server's peak resident memory (``VmHWM``). Each user is a thread with its own
+port and reports that server's peak resident memory (``VmHWM``). The figures belong to the model that served
+them: the output names it (model key, class, encoder depth x width, patch, input size, parameters; the demo
+models are small, e.g. the ``micro`` preset with 2 blocks). Each user is a thread with its own
 client; every request uploads the example file and waits for the result. Reported: latency p50 / p95 /
 mean / max, throughput, failures and the server's peak RSS. ``--json`` prints one JSON object with
 ``p50_s``, ``p95_s``, ``failures``, ``requests`` and ``peak_rss_mb`` among others.
@@ -74,6 +76,35 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def describe_model(checkpoint: Path, key: str) -> dict:
+    """What served the requests: from the checkpoint's JSON and the tensor shapes in its safetensors header."""
+    import struct
+
+    meta = json.loads(checkpoint.read_text())
+    cfg, contract = meta.get("model_config") or {}, meta.get("contract") or {}
+    with open(checkpoint.with_suffix(".safetensors"), "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    params = sum(eval_shape(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return {"key": key, "model_class": meta.get("model_class"), "depth": cfg.get("depth"), "width": cfg.get("embed_dim"),
+            "heads": cfg.get("num_heads"), "patch_size": cfg.get("patch_size"), "input_size": contract.get("input_size"),
+            "params_m": round(params / 1e6, 3)}  # fmt: skip
+
+
+def eval_shape(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def caption(m: dict | None) -> str:
+    if not m:
+        return "model unknown (an app given by --url)"
+    size = "x".join(map(str, m["input_size"] or [])) or "?"
+    return (f"{m['key']}: {m['model_class']} {m['depth']} x {m['width']} ({m['heads']} heads), patch {m['patch_size']}, "
+            f"input {size}, {m['params_m']:.2f} M params")  # fmt: skip
+
+
 def run_load(url: str, endpoint: str, file: Path, users: int, requests: int, model: str | None) -> dict:
     """Run the users; returns latencies (s), failures (with their messages) and the wall time."""
     from gradio_client import Client, handle_file
@@ -138,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.file is None or args.url is None:
         bundle = ensure_demo(profile=args.profile, progress=not args.json)
     file = Path(args.file) if args.file else next(p for p in bundle.examples[domain] if p.suffix.lower() != ".dcm")  # type: ignore[union-attr]
+    model_info = None
+    key = args.model or f"demo/{args.endpoint.strip('/')}"
+    if bundle is not None and key.startswith("demo/") and key.removeprefix("demo/") in bundle.models:
+        model_info = describe_model(bundle.models[key.removeprefix("demo/")], key)
 
     proc = None
     url = args.url
@@ -167,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.users * args.requests
     out = {
         "endpoint": args.endpoint,
+        "model": model_info,
         "file": file.name,
         "users": args.users,
         "requests_per_user": args.requests,
@@ -188,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.users} users x {args.requests} requests on {args.endpoint} ({file.name}):")
+        print(f"{args.users} users x {args.requests} requests on {args.endpoint} ({file.name}), {caption(model_info)}:")
         print(f"  latency p50 {out['p50_s']} s, p95 {out['p95_s']} s, mean {out['mean_s']} s, max {out['max_s']} s")
         print(f"  throughput {out['throughput_rps']} requests/s over {out['wall_s']} s; failures {out['failures']}")
         print(f"  server peak RSS {out['peak_rss_mb']} MiB; ready after {out['server_ready_s']} s")

@@ -15,15 +15,23 @@ to that figure alone:
   ViT-B/16 MAE (decoder 512 x 8): ms per image (median); plus the end-to-end ``Predictor.predict``.
 * ``geotiff``: streamed GeoTIFF segmentation of synthetic 13-band Sentinel-2 scenes (uint16, tiled,
   deflate) of 2048² and 8192² with ``Predictor.predict_geotiff`` (tiles of 512 with 64 px overlap,
-  sliding windows of 96 inside, writing finished blocks as it goes): megapixels/s and peak RSS per scene.
+  sliding windows inside, writing finished blocks as it goes): megapixels/s and peak RSS per scene, for
+  each of ``--geotiff-models``: ``demo`` is the shipped multispectral segmentation demo model (its
+  architecture and input size from ``apps/demo_models.py``; the trained weights from the demo cache when
+  it is built, else a 1-step fine-tune of the same recipe, since speed and memory do not depend on the
+  weights), ``micro`` (or any preset) a ``MAESegmenter`` of that encoder at patch 16, ROI 96. Memory is
+  reported as the peak RSS and as the *growth above the import baseline* (``rss_imports_mb``: the RSS after
+  torch, MONAI and UniMAE are imported, before the model is loaded), which is what streaming controls.
   The scenes themselves are written window by window (never whole in memory), also in subprocesses.
-  Target: ``rss_mb_8192 <= 1.5 x rss_mb_2048``.
+  Target: growth at 8192² <= 1.5 x growth at 2048² (and the same for the totals).
 
 Each figure also carries the CPU time of its process (``cpu_s``, ``cpu_ms_per_image``, ``mpix_per_cpu_s``):
 on a shared machine wall-clock figures move with the load, CPU time much less.
 
-``--json`` prints one JSON object (progress on stderr), including
-``{"geotiff": {"rss_mb_2048", "rss_mb_8192", "rss_ratio", "mpix_s_2048", "mpix_s_8192"}}``.
+Every figure names the model it measured (preset, encoder depth x width, parameters).
+
+``--json`` prints one JSON object (progress on stderr), including, per GeoTIFF model,
+``{"geotiff": {"models": {"demo": {"rss_mb_2048", "rss_growth_mb_2048", ..., "rss_ratio", "growth_ratio"}}}}``.
 ``--quick`` shrinks everything for a smoke run (a 192 x 192 x 96 volume, a ViT-S model, 512² and 1024²
 scenes, fewer repeats). Weights are random (speed and memory do not depend on them).
 
@@ -73,6 +81,23 @@ def _encoder(preset: str) -> dict[str, Any]:
     return {k: v for k, v in model_preset(preset).items() if not k.startswith("decoder")}
 
 
+def _describe(model: Any, preset: str) -> dict[str, Any]:
+    """What was measured: the preset and the model's encoder depth, width, heads, patch and parameter count."""
+    cfg = dict(getattr(model, "config", None) or {})
+    enc = getattr(model, "encoder", None)
+    depth = cfg.get("depth", len(getattr(enc, "blocks", []) or []) or None)
+    return {"preset": preset, "model_class": type(model).__name__, "depth": depth,
+            "width": cfg.get("embed_dim"), "heads": cfg.get("num_heads"), "patch_size": cfg.get("patch_size"),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}  # fmt: skip
+
+
+def _caption(d: dict[str, Any]) -> str:
+    if d.get("depth") is None:  # a foreign model (MONAI UNETR)
+        return f"{d['model_class']}, {d['params_m']:.1f} M params"
+    return (f"{d['model_class']} {d['preset']} ({d['depth']} x {d['width']}, {d['heads']} heads, "
+            f"patch {d['patch_size']}), {d['params_m']:.2f} M params")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------
 # children: one measurement each
 # ------------------------------------------------------------------------------------------------
@@ -94,6 +119,9 @@ def child_ct3d(a: dict[str, Any]) -> dict[str, Any]:
         model = MAESegmenter(7, spatial_dims=3, in_chans=1, patch_size=16, feature_size=16, **_encoder(a["preset"]))
     model.eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
+    desc = _describe(model, a["preset"])
+    if a["model"] == "unetr":
+        desc.update(depth=12, width=enc["embed_dim"], heads=enc["num_heads"], patch_size=16)
     # a smooth random "volume" in model space ([-1, 1]), made at low resolution and upsampled
     g = torch.Generator().manual_seed(1)
     coarse = torch.rand((1, 1, *(max(2, s // 16) for s in size)), generator=g) * 2 - 1
@@ -109,7 +137,7 @@ def child_ct3d(a: dict[str, Any]) -> dict[str, Any]:
         out = sliding_window(fn, vol, 96, overlap=0.25, mode="gaussian", sw_batch_size=int(a["batch"]))
         seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
     return {"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": _rss_mb(), "rss_before_mb": base, "params_m": params,
-            "output_shape": list(out.shape)}  # fmt: skip
+            "output_shape": list(out.shape), "model": desc}  # fmt: skip
 
 
 def _save_task(path: Path, model: Any, *, domain: str, task: str, classes: list[str], input_size: int,
@@ -156,7 +184,7 @@ def child_fundus(a: dict[str, Any]) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     return {"ms_per_image": 1000 * statistics.median(times), "cpu_ms_per_image": 1000 * (_cpu_s() - c0) / len(times),
             "runs": len(times), "shape": list(out.label_map.shape), "precision": pred.precision,
-            "peak_rss_mb": _rss_mb()}  # fmt: skip
+            "peak_rss_mb": _rss_mb(), "model": _describe(pred.model, a["preset"])}  # fmt: skip
 
 
 def child_anomaly(a: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +220,8 @@ def child_anomaly(a: dict[str, Any]) -> dict[str, Any]:
         pred.predict(png)
         e2e.append(time.perf_counter() - t0)
     return {"ms_per_image": 1000 * statistics.median(times), "cpu_ms_per_image": cpu_ms,
-            "predict_ms_per_image": 1000 * statistics.median(e2e), "k": 4, "runs": len(times), "precision": pred.precision, "peak_rss_mb": _rss_mb()}  # fmt: skip
+            "predict_ms_per_image": 1000 * statistics.median(e2e), "k": 4, "runs": len(times), "precision": pred.precision,
+            "peak_rss_mb": _rss_mb(), "model": _describe(pred.model, a["preset"])}  # fmt: skip
 
 
 def child_geotiff_make(a: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +252,30 @@ def child_geotiff_make(a: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "peak_rss_mb": _rss_mb(), "bytes": path.stat().st_size}
 
 
+def _demo_ms_segment(tmp: Path) -> tuple[Path, str]:
+    """The shipped multispectral segmentation demo model: the demo cache's checkpoint when it is built, else the
+    same recipe (``apps/demo_models.py``) fine-tuned for 1 step into ``tmp`` (same architecture and contract)."""
+    import contextlib
+    import io
+
+    from unimae.apps.demo_models import PROFILES, demo_cache_dir, load_demo
+
+    bundle = load_demo(demo_cache_dir("default"))
+    if bundle is not None and "multispectral_segment" in bundle.models:
+        return bundle.models["multispectral_segment"], "demo cache (trained weights)"
+    out = tmp / "demo_ms_segment"
+    if not (out / "model.json").is_file():
+        from unimae.apps.finetune import finetune
+
+        spec = next(sp for sp in PROFILES["default"].specs if (sp.domain, sp.task) == ("multispectral", "segment"))
+        cfg = spec.config(out, seed=0)
+        cfg["train"] = {**cfg["train"], "max_steps": 1, "val_every": 1, "save_every": 1, "log_every": 1,
+                        "warmup_steps": 1}  # fmt: skip
+        with contextlib.redirect_stdout(io.StringIO()):
+            finetune(cfg)
+    return out / "model.json", "demo recipe, 1-step fine-tune (weights do not change speed or memory)"
+
+
 def child_geotiff_run(a: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -230,25 +283,33 @@ def child_geotiff_run(a: dict[str, Any]) -> dict[str, Any]:
     from unimae.core.models import MAESegmenter
     from unimae.domains.multispectral import preset_channels
 
+    rss_imports = _rss_mb()  # torch, MONAI, rasterio and UniMAE imported; no model yet
     torch.manual_seed(0)
     tmp = Path(a["tmp"])
-    ckpt = tmp / f"ms_seg_{a['preset']}_fs{a['feature_size']}.json"
-    if not ckpt.is_file():
-        model = MAESegmenter(5, in_chans=13, patch_size=16, feature_size=a["feature_size"], **_encoder(a["preset"]))
-        _save_task(ckpt.with_suffix(""), model, domain="multispectral", task="segment",
-                   classes=["water", "forest", "crop", "bare_soil", "urban"], input_size=96,
-                   channels=preset_channels("sentinel2_l1c"))  # fmt: skip
+    source = "random weights"
+    if a["model"] == "demo":
+        ckpt, source = _demo_ms_segment(tmp)
+    else:
+        ckpt = tmp / f"ms_seg_{a['model']}_fs{a['feature_size']}.json"
+        if not ckpt.is_file():
+            model = MAESegmenter(5, in_chans=13, patch_size=16, feature_size=a["feature_size"], **_encoder(a["model"]))
+            _save_task(ckpt.with_suffix(""), model, domain="multispectral", task="segment",
+                       classes=["water", "forest", "crop", "bare_soil", "urban"], input_size=96,
+                       channels=preset_channels("sentinel2_l1c"))  # fmt: skip
     pred = load_predictor(ckpt, device=a["device"])
     pred.tile, pred.tile_overlap, pred.sw_batch_size = int(a["tile"]), int(a["tile_overlap"]), int(a["batch"])
     pred.overlap = float(a["sw_overlap"])
     base = _rss_mb()
     t0, c0 = time.perf_counter(), _cpu_s()
-    files = pred.predict_geotiff(a["path"], tmp / f"out_{a['size']}", progress=False)
+    files = pred.predict_geotiff(a["path"], tmp / f"out_{a['model']}_{a['size']}", progress=False)
     seconds, cpu = time.perf_counter() - t0, _cpu_s() - c0
     size = int(a["size"])
+    peak = _rss_mb()
+    desc = _describe(pred.model, "demo (micro)" if a["model"] == "demo" else a["model"])
+    desc["weights"] = source
     return {"seconds": seconds, "cpu_s": cpu, "mpix_s": size * size / 1e6 / seconds, "mpix_per_cpu_s": size * size / 1e6 / cpu,
-            "peak_rss_mb": _rss_mb(), "rss_before_mb": base,
-            "precision": pred.precision, "outputs": sorted(p.name for p in files.values())}  # fmt: skip
+            "peak_rss_mb": peak, "rss_imports_mb": rss_imports, "rss_before_mb": base, "rss_growth_mb": peak - rss_imports,
+            "precision": pred.precision, "outputs": sorted(p.name for p in files.values()), "model": desc}  # fmt: skip
 
 
 CHILDREN = {
@@ -286,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-unetr", action="store_true", help="skip MONAI's UNETR reference")
     p.add_argument("--preset-2d", default=None, help="encoder size for fundus/anomaly (base; quick: small)")
     p.add_argument("--geotiff-sizes", type=int, nargs="+", default=None, help="scene sizes (2048 8192; quick: 512 1024)")
-    p.add_argument("--geotiff-preset", default="micro", help="encoder size of the GeoTIFF segmenter (micro)")
+    p.add_argument("--geotiff-models", default="demo,micro",
+                   help="GeoTIFF segmenters: demo (the shipped demo model) and/or presets (default demo,micro)")
     p.add_argument("--tile", type=int, default=512, help="streamed tile size (512)")
     p.add_argument("--tile-overlap", type=int, default=64, help="streamed tile overlap (64)")
     p.add_argument("--sw-overlap", type=float, default=0.25, help="sliding-window overlap inside GeoTIFF tiles (0.25)")
@@ -350,33 +412,40 @@ def main(argv: list[str] | None = None) -> int:
             results["anomaly"] = {"encoder": preset_2d, **_run_child("anomaly", common, args.threads)}
             _log(f"  {results['anomaly']}")
         if "geotiff" in sections:
-            geo: dict[str, Any] = {"bands": 13, "tile": args.tile, "tile_overlap": args.tile_overlap, "roi": 96,
-                                   "sw_overlap": args.sw_overlap, "encoder": args.geotiff_preset,
-                                   "decoder_feature_size": args.geotiff_feature_size, "scenes": {}}  # fmt: skip
+            models = [m.strip() for m in args.geotiff_models.split(",") if m.strip()]
+            geo: dict[str, Any] = {"bands": 13, "tile": args.tile, "tile_overlap": args.tile_overlap,
+                                   "sw_overlap": args.sw_overlap, "decoder_feature_size": args.geotiff_feature_size,
+                                   "sizes": sizes, "models": {m: {"scenes": {}} for m in models}}  # fmt: skip
             for s in sizes:
                 path = tmp / f"scene_{s}.tif"
                 _log(f"geotiff: writing a {s}x{s}x13 scene (streamed) ...")
                 made = _run_child("geotiff_make", {"size": s, "path": str(path)}, args.threads)
                 _log(f"  {made}")
-                _log(f"geotiff: streamed segmentation of {s}x{s} ...")
-                run = _run_child("geotiff_run", {"size": s, "path": str(path), "tmp": str(tmp), "device": device,
-                                                 "preset": args.geotiff_preset, "feature_size": args.geotiff_feature_size,
-                                                 "sw_overlap": args.sw_overlap, "tile": args.tile,
-                                                 "tile_overlap": args.tile_overlap, "batch": max(args.batch, 8)},
-                                 args.threads)  # fmt: skip
-                _log(f"  {run}")
-                geo["scenes"][str(s)] = {"make": made, "predict": run}
-                if "peak_rss_mb" in run:
-                    geo[f"rss_mb_{s}"] = round(run["peak_rss_mb"], 1)
-                    geo[f"rss_stream_mb_{s}"] = round(run["peak_rss_mb"] - run["rss_before_mb"], 1)  # above the loaded model
-                    geo[f"mpix_s_{s}"] = round(run["mpix_s"], 4)
+                for m in models:
+                    _log(f"geotiff: streamed segmentation of {s}x{s} with {m} ...")
+                    run = _run_child("geotiff_run", {"size": s, "path": str(path), "tmp": str(tmp), "device": device,
+                                                     "model": m, "feature_size": args.geotiff_feature_size,
+                                                     "sw_overlap": args.sw_overlap, "tile": args.tile,
+                                                     "tile_overlap": args.tile_overlap, "batch": max(args.batch, 8)},
+                                     args.threads)  # fmt: skip
+                    _log(f"  {run}")
+                    g = geo["models"][m]
+                    g["scenes"][str(s)] = {"make": made, "predict": run}
+                    if "peak_rss_mb" in run:
+                        g["model"] = run["model"]
+                        g[f"rss_mb_{s}"] = round(run["peak_rss_mb"], 1)
+                        g[f"rss_imports_mb_{s}"] = round(run["rss_imports_mb"], 1)
+                        g[f"rss_growth_mb_{s}"] = round(run["rss_growth_mb"], 1)  # above the import baseline
+                        g[f"mpix_s_{s}"] = round(run["mpix_s"], 4)
                 if args.keep is None:
                     path.unlink(missing_ok=True)
             lo, hi = min(sizes), max(sizes)
-            if f"rss_mb_{lo}" in geo and f"rss_mb_{hi}" in geo:
-                geo["rss_ratio"] = round(geo[f"rss_mb_{hi}"] / geo[f"rss_mb_{lo}"], 4)
-                geo["target"] = f"rss_mb_{hi} <= 1.5 x rss_mb_{lo}"
-                geo["target_met"] = geo["rss_ratio"] <= 1.5
+            for g in geo["models"].values():
+                if f"rss_mb_{lo}" in g and f"rss_mb_{hi}" in g:
+                    g["rss_ratio"] = round(g[f"rss_mb_{hi}"] / g[f"rss_mb_{lo}"], 4)
+                    g["growth_ratio"] = round(g[f"rss_growth_mb_{hi}"] / g[f"rss_growth_mb_{lo}"], 4)
+                    g["target"] = f"rss_growth_mb_{hi} <= 1.5 x rss_growth_mb_{lo}"
+                    g["target_met"] = g["growth_ratio"] <= 1.5
             results["geotiff"] = geo
     finally:
         if tmp_ctx is not None:
@@ -399,19 +468,24 @@ def _print_table(r: dict[str, Any]) -> None:
                 if "error" in x:
                     print(f"3D {m:7s} {vol}: {x['error']}")
                 else:
-                    print(f"3D {m:7s} {vol} ROI 96^3: {x['seconds']:.1f} s, peak RSS {x['peak_rss_mb']:.0f} MB, {x['params_m']:.1f} M params")
+                    print(f"3D {m:7s} {vol} ROI 96^3, {_caption(x['model'])}: {x['seconds']:.1f} s wall, "
+                          f"{x['cpu_s']:.1f} s CPU, peak RSS {x['peak_rss_mb']:.0f} MB")  # fmt: skip
     for key, label in (("fundus", "fundus 565x584 segmentation"), ("anomaly", "anomaly map K=4 at 224^2")):
         x = r.get(key)
         if x:
-            print(f"{label}: " + (x["error"] if "error" in x else f"{x['ms_per_image']:.0f} ms/image ({x['precision']})"))
+            print(f"{label}: " + (x["error"] if "error" in x else
+                  f"{_caption(x['model'])}: {x['ms_per_image']:.0f} ms/image ({x['precision']})"))  # fmt: skip
     g = r.get("geotiff")
     if g:
-        for s, v in g["scenes"].items():
-            pr = v["predict"]
-            print(f"GeoTIFF {s}^2 x 13: " + (pr["error"] if "error" in pr else
-                  f"{pr['mpix_s']:.3f} Mpix/s, peak RSS {pr['peak_rss_mb']:.0f} MB"))  # fmt: skip
-        if "rss_ratio" in g:
-            print(f"RSS ratio {g['rss_ratio']:.3f} (target <= 1.5: {'met' if g['target_met'] else 'NOT met'})")
+        for m, gm in g["models"].items():
+            for s, v in gm["scenes"].items():
+                pr = v["predict"]
+                print(f"GeoTIFF {s}^2 x 13, {m}: " + (pr["error"] if "error" in pr else
+                      f"{_caption(pr['model'])}: {pr['mpix_s']:.3f} Mpix/s, peak RSS {pr['peak_rss_mb']:.0f} MB = "
+                      f"{pr['rss_imports_mb']:.0f} MB imports + {pr['rss_growth_mb']:.0f} MB growth"))  # fmt: skip
+            if "growth_ratio" in gm:
+                print(f"GeoTIFF {m}: growth ratio {gm['growth_ratio']:.3f} (target <= 1.5: "
+                      f"{'met' if gm['target_met'] else 'NOT met'}), total ratio {gm['rss_ratio']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
 """MAE training-step throughput: UniMAE's ``MaskedAutoencoder`` against MONAI's ``MaskedAutoEncoderViT``.
 
 Both sides get the same architecture, the same weights (MONAI's initial weights are copied into ours),
-the same input tensors, the same optimiser settings and an MSE loss on the masked patches. A *training
-step* is forward + loss + backward + optimiser step. Both models run in the same process, alternately
-(one step of each variant per round, the order reversed every other round), and after ``--warmup``
-untimed rounds the median of ``--steps`` timed steps gives samples/s.
+the same input tensors, the same optimiser (``torch.optim.AdamW(fused=True)``, UniMAE's engine's choice,
+with the same settings) and an MSE loss on the masked patches. A *training step* is forward + loss +
+backward + optimiser step. Both models run in the same process, alternately (one step of each variant per
+round, the order reversed every other round). One *repeat* is ``--warmup`` untimed rounds plus ``--steps``
+timed rounds; samples/s is the median over every timed step of every repeat, and each ratio is given as
+min / median / max over the ``--repeats`` per-repeat ratios (each from that repeat's medians).
 
 Settings (issue 2, item 5):
 
 * ``2d``: ViT-B/16 at 224², 3 channels, decoder 512 wide x 8 layers (16 heads);
 * ``3d``: 96³ volumes with 16³ patches, 1 channel, ViT-B encoder, decoder 384 wide x 4 layers (12 heads;
   MONAI's 3D sin-cos embedding needs widths divisible by 6).
+
+``--preset`` swaps the encoder (width, depth, heads) for another UniMAE preset (micro, tiny, small, base,
+large) on both sides, decoders unchanged: a quicker run on a small machine. Every caption names the preset,
+encoder depth x width, decoder depth x width and the parameter count.
 
 Both: mask ratio 0.75, MLP ratio 4, qkv bias, class token, fixed sin-cos position embeddings, and
 decoders that run over all ``N`` patch tokens plus the class token.
@@ -23,13 +29,15 @@ Variants timed per setting:
 * ``monai_bf16``: MONAI under ``torch.autocast(bfloat16)``, timed only if one forward/backward under
   autocast works; otherwise the one-line error is recorded.
 
-Implementation differences that the benchmark is about (architecture is the same on both sides):
-attention (timm's fused ``scaled_dot_product_attention`` vs MONAI's einsum/softmax/einsum), the
-optimiser (``torch.optim.AdamW(fused=True)``, as UniMAE's engine uses, vs the default ``AdamW``, which
-is the for-loop implementation on CPU and ``foreach`` on CUDA), and bf16 autocast that works.
+Implementation differences that the benchmark is about (architecture and optimiser are the same on both
+sides): attention (timm's fused ``scaled_dot_product_attention`` vs MONAI's einsum/softmax/einsum) and
+bf16 autocast that works. The optimiser's share of each step is timed separately (``optimizer_s``), and
+``adamw_s`` times one step of the default ``AdamW`` (for-loop on CPU, ``foreach`` on CUDA: what a MONAI user
+gets without ``fused=True``) against the fused one on the same parameters and gradients.
 
-``ratio_fp32 = ours_fp32 / monai_fp32`` and ``ratio_default = ours_default / max(monai_fp32,
-monai_bf16 if it runs)``: UniMAE in its default configuration against the best MONAI can run.
+``ratio_fp32 = ours_fp32 / monai_fp32``. ``ratio_default = ours_default / monai_default``: each side in its
+own default precision; MONAI's ``MaskedAutoEncoderViT`` has no precision setting, so its default is fp32.
+When MONAI runs under bf16 autocast, ``ratio_bf16 = ours_bf16 / monai_bf16`` compares bf16 with bf16.
 
 Model FLOPs (for the model-FLOP utilisation reported on CUDA), counted as matmul FLOPs of the
 architecture (identical for both sides), with ``B`` batch, ``N`` patch tokens, ``V`` visible tokens,
@@ -116,6 +124,27 @@ class Setting:
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
+    preset: str = "base"
+
+    def with_preset(self, name: str) -> Setting:
+        """This setting with UniMAE preset ``name``'s encoder (width, depth, heads); the decoder is kept."""
+        from dataclasses import replace
+
+        from unimae.core.presets import model_preset
+
+        if name == self.preset:
+            return self
+        p = model_preset(name)
+        return replace(self, preset=name, embed_dim=p["embed_dim"], depth=p["depth"], num_heads=p["num_heads"],
+                       description=self.description.replace("ViT-B", f"{name} encoder"))  # fmt: skip
+
+    def caption(self, params: int | None = None) -> str:
+        """What was measured: preset, encoder and decoder depth x width, input, parameters."""
+        img = "x".join(map(str, self.img_size))
+        text = (f"{self.preset} preset: encoder {self.depth} x {self.embed_dim} ({self.num_heads} heads), decoder "
+                f"{self.decoder_depth} x {self.decoder_dim} ({self.decoder_heads} heads), {img} input, "
+                f"{self.in_chans} ch, {self.patch}^{self.spatial_dims} patches")  # fmt: skip
+        return text + (f", {params / 1e6:.1f} M parameters" if params is not None else "")
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -347,34 +376,61 @@ def bf16_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def timed_opt_step(opt: torch.optim.Optimizer, device: torch.device) -> float:
+    """``opt.step()``; returns its seconds (synchronised on CUDA)."""
+    sync(device)
+    t0 = time.perf_counter()
+    opt.step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def make_ours_step(model: MaskedAutoencoder, opt: torch.optim.Optimizer, precision: str, device: torch.device,
-                   seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+                   seed: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, float]]:
     gen = torch.Generator().manual_seed(seed)  # masks drawn on the CPU and moved, as in UniMAE's engine
 
-    def step(x: torch.Tensor) -> torch.Tensor:
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, float]:
         opt.zero_grad(set_to_none=True)
         with autocast(precision, device):
             out = model(x, generator=gen)
             loss = mae_loss(out, norm_pix=False)["loss"]
         loss.backward()
-        opt.step()
-        return loss.detach()
+        return loss.detach(), timed_opt_step(opt, device)
 
     return step
 
 
 def make_monai_step(model: nn.Module, opt: torch.optim.Optimizer, bf16: bool, device: torch.device,
-                    patch: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def step(x: torch.Tensor) -> torch.Tensor:
+                    patch: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, float]]:
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, float]:
         opt.zero_grad(set_to_none=True)
         with bf16_autocast(device) if bf16 else contextlib.nullcontext():
             pred, mask = model(x)
             loss = monai_loss(pred, mask, monai_patchify(x, patch))
         loss.backward()
-        opt.step()
-        return loss.detach()
+        return loss.detach(), timed_opt_step(opt, device)
 
     return step
+
+
+def time_adamw(model: nn.Module, x: torch.Tensor, device: torch.device, patch: int, calls: int = 3) -> dict[str, float]:
+    """Median seconds of one ``AdamW.step()`` on ``model``'s parameters and the gradients of one fp32 step:
+    the default implementation (for-loop on CPU, ``foreach`` on CUDA) against ``fused=True``. Each optimiser
+    is fresh and steps a copy of the weights, so the benchmark's own optimisers are not disturbed."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    pred, mask = clone(x)
+    monai_loss(pred, mask, monai_patchify(x, patch)).backward()
+    out = {}
+    for kind, kw in (("default", {}), ("fused", {"fused": True})):
+        opt = torch.optim.AdamW(param_groups(clone), lr=LR, betas=BETAS, **kw)
+        opt.step()  # state allocation, untimed
+        out[kind] = statistics.median(timed_opt_step(opt, device) for _ in range(calls))
+    del clone
+    return out
 
 
 def probe_monai_bf16(model: nn.Module, x: torch.Tensor, device: torch.device, patch: int) -> str | None:
@@ -406,9 +462,12 @@ def run_alternating(
     steps: int,
     device: torch.device,
     log: Callable[[str], None],
-) -> dict[str, list[float]]:
-    """Round-robin one step per variant per round (order reversed every other round); returns timed seconds."""
+    label: str = "",
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Round-robin one step per variant per round (order reversed every other round); returns the timed steps'
+    seconds and, per step, the seconds of its optimiser step."""
     times: dict[str, list[float]] = {k: [] for k in variants}
+    opt_times: dict[str, list[float]] = {k: [] for k in variants}
     order = list(variants)
     for r in range(warmup + steps):
         x = make_input(r)
@@ -416,16 +475,17 @@ def run_alternating(
         took = {}
         for name in order if r % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
-            loss = variants[name](x)
+            loss, opt_s = variants[name](x)
             sync(device)
             took[name] = time.perf_counter() - t0
             if not math.isfinite(float(loss)):
                 raise RuntimeError(f"{name}: non-finite loss at round {r + 1}")
             if r >= warmup:
                 times[name].append(took[name])
+                opt_times[name].append(opt_s)
         tag = "warm-up" if r < warmup else "timed"
-        log(f"    round {r + 1}/{warmup + steps} ({tag}): " + ", ".join(f"{k} {took[k]:.3f}s" for k in order))
-    return times
+        log(f"    {label}round {r + 1}/{warmup + steps} ({tag}): " + ", ".join(f"{k} {took[k]:.3f}s" for k in order))
+    return times, opt_times
 
 
 # -- FLOPs / MFU -----------------------------------------------------------------------------------
@@ -506,6 +566,10 @@ def optimizer_kind(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -
     return "foreach" if opt.defaults.get("foreach") else "for-loop"
 
 
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3)}
+
+
 def bench_setting(s: Setting, batch: int, args: argparse.Namespace, device: torch.device, default_precision: str,
                   log: Callable[[str], None]) -> dict[str, Any]:
     log(f"[{s.name}] {s.description}, batch {batch}, device {device}")
@@ -515,14 +579,17 @@ def bench_setting(s: Setting, batch: int, args: argparse.Namespace, device: torc
     leftovers = copy_monai_into_ours(s, monai, ours)
     check = check_equivalence(s, ours, monai, device)
     po, pm = check["params_ours"], check["params_monai"]
+    caption = s.caption(po["total"])
+    log(f"  model           {caption}")
     log(f"  parameters      ours {po['total']:,} total / {po['trainable']:,} trainable / {po['trained']:,} trained")
     log(f"                  MONAI {pm['total']:,} total / {pm['trainable']:,} trainable / {pm['trained']:,} trained")
     log(f"  MONAI-only parameters: {_summarise(leftovers, monai)}")
     log(f"  equivalence (fp32, same weights/input/mask): max |pred diff| {check['max_abs_pred_diff']:.2e} "
         f"(|pred| up to {check['pred_scale']:.2f}), loss {check['loss_ours']:.6f} vs {check['loss_monai']:.6f}")
 
+    # the same optimiser on both sides: fused AdamW, as UniMAE's engine builds it
     opt_ours = torch.optim.AdamW(param_groups(ours), lr=LR, betas=BETAS, fused=True)
-    opt_monai = torch.optim.AdamW(param_groups(monai), lr=LR, betas=BETAS)
+    opt_monai = torch.optim.AdamW(param_groups(monai), lr=LR, betas=BETAS, fused=True)
     data_gen = torch.Generator().manual_seed(2024)
     shape = (batch, s.in_chans, *s.img_size)
     inputs = [torch.randn(shape, generator=data_gen).to(device) for _ in range(2)]
@@ -532,6 +599,8 @@ def bench_setting(s: Setting, batch: int, args: argparse.Namespace, device: torc
 
     monai_bf16_error = probe_monai_bf16(monai, inputs[0], device, s.patch)
     log("  MONAI under bf16 autocast: " + ("works" if monai_bf16_error is None else f"fails: {monai_bf16_error}"))
+    adamw = time_adamw(monai, inputs[0], device, s.patch)
+    log(f"  AdamW step on these parameters: default {adamw['default']:.3f}s, fused {adamw['fused']:.3f}s")
 
     variants: dict[str, Callable[[torch.Tensor], Any]] = {
         "ours_fp32": make_ours_step(ours, opt_ours, "fp32", device, seed=1),
@@ -541,19 +610,43 @@ def bench_setting(s: Setting, batch: int, args: argparse.Namespace, device: torc
         variants["ours_default"] = make_ours_step(ours, opt_ours, default_precision, device, seed=2)
     if monai_bf16_error is None:
         variants["monai_bf16"] = make_monai_step(monai, opt_monai, True, device, s.patch)
-    times = run_alternating(variants, make_input, args.warmup, args.steps, device, log)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    opt_times: dict[str, list[float]] = {k: [] for k in variants}
+    per_repeat: list[dict[str, float]] = []
+    for rep in range(args.repeats):
+        t, o = run_alternating(variants, make_input, args.warmup, args.steps, device, log,
+                               label=f"repeat {rep + 1}/{args.repeats} ")  # fmt: skip
+        for k in variants:
+            times[k] += t[k]
+            opt_times[k] += o[k]
+        per_repeat.append({k: statistics.median(v) for k, v in t.items()})
+    for m in per_repeat:  # default precision is fp32 on this machine: ours_default is ours_fp32
+        m.setdefault("ours_default", m["ours_fp32"])
     med = {k: statistics.median(v) for k, v in times.items()}
+    med.setdefault("ours_default", med["ours_fp32"])
     sps = {k: batch / t for k, t in med.items()}
-    if "ours_default" not in sps:  # default precision is fp32 on this machine
-        sps["ours_default"], med["ours_default"] = sps["ours_fp32"], med["ours_fp32"]
-    monai_best = max(sps["monai_fp32"], sps.get("monai_bf16", 0.0))
+    # samples/s ratios per repeat: ours / MONAI = MONAI's step time / ours
+    r_fp32 = [m["monai_fp32"] / m["ours_fp32"] for m in per_repeat]
+    r_default = [m["monai_fp32"] / m["ours_default"] for m in per_repeat]  # MONAI's default precision is fp32
+    r_bf16 = [m["monai_bf16"] / m["ours_default"] for m in per_repeat] if "monai_bf16" in med and default_precision == "bf16" else None
+    opt_med = {k: statistics.median(v) for k, v in opt_times.items()}
     result: dict[str, Any] = {
         "name": s.name,
+        "model": caption,
+        "preset": s.preset,
+        "encoder": {"depth": s.depth, "width": s.embed_dim, "heads": s.num_heads},
+        "decoder": {"depth": s.decoder_depth, "width": s.decoder_dim, "heads": s.decoder_heads},
         "ours_fp32": round(sps["ours_fp32"], 3),
         "ours_default": round(sps["ours_default"], 3),
         "monai_fp32": round(sps["monai_fp32"], 3),
-        "ratio_fp32": round(sps["ours_fp32"] / sps["monai_fp32"], 3),
-        "ratio_default": round(sps["ours_default"] / monai_best, 3),
+        "monai_default": round(sps["monai_fp32"], 3),
+        "monai_default_precision": "fp32",
+        "ratio_fp32": round(statistics.median(r_fp32), 3),
+        "ratio_fp32_spread": _spread(r_fp32),
+        "ratio_default": round(statistics.median(r_default), 3),
+        "ratio_default_spread": _spread(r_default),
+        "ratio_bf16": round(statistics.median(r_bf16), 3) if r_bf16 else None,
+        "ratio_bf16_spread": _spread(r_bf16) if r_bf16 else None,
         "monai_bf16": round(sps["monai_bf16"], 3) if "monai_bf16" in sps else None,
         "monai_bf16_runs": monai_bf16_error is None,
         "monai_bf16_error": monai_bf16_error,
@@ -562,7 +655,12 @@ def bench_setting(s: Setting, batch: int, args: argparse.Namespace, device: torc
         "batch": batch,
         "warmup": args.warmup,
         "steps": args.steps,
+        "repeats": args.repeats,
         "median_step_s": {k: round(v, 4) for k, v in med.items()},
+        "optimizer_s": {k: round(v, 4) for k, v in opt_med.items()},
+        "optimizer_share": {k: round(opt_med[k] / med[k], 3) for k in opt_med},
+        "adamw_s": {k: round(v, 4) for k, v in adamw.items()},
+        "per_repeat_median_step_s": [{k: round(v, 4) for k, v in m.items()} for m in per_repeat],
         "step_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
         "optimizer": {"ours": optimizer_kind(opt_ours, list(ours.parameters())),
                       "monai": optimizer_kind(opt_monai, list(monai.parameters()))},
@@ -596,24 +694,37 @@ def _summarise(names: list[str], model: nn.Module) -> str:
 
 def format_table(configs: list[dict[str, Any]], info: dict[str, Any]) -> str:
     head = (f"device: {info['name']} ({info['device']}, {info['threads']} threads), torch {info['torch']}, "
-            f"timm {info['timm']}, monai {info['monai']}; ours_default = {info['ours_default_precision']}")
-    cols = ["setting", "batch", "ours_fp32", "monai_fp32", "ratio_fp32", "ours_default", "monai_bf16",
-            "ratio_default"]
+            f"timm {info['timm']}, monai {info['monai']}; ours_default = {info['ours_default_precision']}, "
+            f"MONAI default = fp32; both sides fused AdamW")
+    cols = ["setting", "batch", "ours_fp32", "monai_fp32", "ratio_fp32 min/med/max", "ours_default", "monai_bf16",
+            "ratio_default min/med/max", "optimiser share ours/MONAI"]
     rows = []
+
+    def spread(d: dict[str, float]) -> str:
+        return f"{d['min']:.2f}/{d['median']:.2f}/{d['max']:.2f}x"
+
     for c in configs:
+        share = c["optimizer_share"]
         rows.append([
-            c["name"], str(c["batch"]), f"{c['ours_fp32']:.2f}", f"{c['monai_fp32']:.2f}", f"{c['ratio_fp32']:.2f}x",
+            c["name"], str(c["batch"]), f"{c['ours_fp32']:.2f}", f"{c['monai_fp32']:.2f}", spread(c["ratio_fp32_spread"]),
             f"{c['ours_default']:.2f}", "error" if c["monai_bf16"] is None else f"{c['monai_bf16']:.2f}",
-            f"{c['ratio_default']:.2f}x",
-        ])
+            spread(c["ratio_default_spread"]), f"{100 * share['ours_fp32']:.0f}%/{100 * share['monai_fp32']:.0f}%",
+        ])  # fmt: skip
     widths = [max(len(cols[i]), *(len(r[i]) for r in rows)) for i in range(len(cols))]
     line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))  # noqa: E731
-    out = [head, "throughput in samples/s (median step); ratio_default uses the best MONAI figure", line(cols),
-           line(["-" * w for w in widths])]
+    out = [head, "samples/s (median over all timed steps); ratios over the repeats; ratio_default = ours_default / "
+           "MONAI fp32 (its default)", line(cols), line(["-" * w for w in widths])]  # fmt: skip
     out += [line(r) for r in rows]
     for c in configs:
+        out.append(f"{c['name']}: {c['model']}; {c['repeats']} repeats x {c['steps']} timed steps "
+                   f"(+{c['warmup']} warm-up)")  # fmt: skip
+        a = c["adamw_s"]
+        out.append(f"{c['name']}: AdamW step default {a['default']:.3f}s vs fused {a['fused']:.3f}s "
+                   f"(MONAI with its default AdamW would take {a['default'] - a['fused']:+.3f}s per step)")  # fmt: skip
         if c["monai_bf16_error"]:
             out.append(f"{c['name']}: MONAI under bf16 autocast fails: {c['monai_bf16_error']}")
+        elif c.get("ratio_bf16") is not None:
+            out.append(f"{c['name']}: bf16 vs bf16: {spread(c['ratio_bf16_spread'])}")
         if "mfu" in c:
             mfu = ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["mfu"].items())
             out.append(f"{c['name']}: MFU vs {c['peak_tflops']:.0f} TFLOP/s bf16 peak "
@@ -626,7 +737,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default="2d,3d", help="comma-separated: 2d, 3d (default: both)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant, at least 5 (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up rounds (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up rounds per repeat (default 2)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="repeats of warm-up + timed rounds; ratios are reported as min/median/max over them (default 3)")
+    p.add_argument("--preset", default="base",
+                   help="encoder size on both sides: a UniMAE preset (micro, tiny, small, base, large; default base = ViT-B)")
     p.add_argument("--batch-2d", type=int, default=None, help="2D batch (default 8 on CPU, 128 on CUDA)")
     p.add_argument("--batch-3d", type=int, default=None, help="3D batch (default 2 on CPU, 16 on CUDA)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -644,6 +759,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--steps must be at least 5 (the median of at least 5 timed steps)")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    from unimae.core.presets import MODEL_PRESETS
+
+    if args.preset not in MODEL_PRESETS:
+        p.error(f"unknown --preset {args.preset!r}; known: {', '.join(MODEL_PRESETS)}")
     for name in ("batch_2d", "batch_3d", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -667,7 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"device: {info['name']} ({device}), {info['threads']} threads, ours_default = {default_precision}")
     gpu = device.type == "cuda"
     batches = {"2d": args.batch_2d or DEFAULT_BATCH["2d"][gpu], "3d": args.batch_3d or DEFAULT_BATCH["3d"][gpu]}
-    configs = [bench_setting(SETTINGS[n], batches[n], args, device, default_precision, log) for n in args.settings]
+    configs = [bench_setting(SETTINGS[n].with_preset(args.preset), batches[n], args, device, default_precision, log)
+               for n in args.settings]  # fmt: skip
     log("")
     log(format_table(configs, info))  # on stderr with --json, so stdout stays pure JSON
     if args.json:

@@ -442,7 +442,9 @@ def test_bad_input_is_one_line_before_training(tmp_path: Path) -> None:
     seg = tmp_path / "seg"
     for i in range(3):
         grey_png(seg / "images" / f"c{i}.png", 100, rng)
-        save(seg / "masks" / f"c{i}.png", np.zeros((40, 40) if i != 1 else (30, 40), np.uint8))
+        m = np.zeros((40, 40) if i != 1 else (30, 40), np.uint8)
+        m[5:15, 5:15] = 1
+        save(seg / "masks" / f"c{i}.png", m)
     out = tmp_path / "out"
     code = main(["finetune", "--config", str(ROOT / "configs" / "xray" / "segment.yaml"), *QUIET, *SMALL,
                  f"data.train={seg}", "data.val_fraction=0.3", f"out_dir={out}"])  # fmt: skip
