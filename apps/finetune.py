@@ -485,6 +485,8 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     kw = dict(d)
     if task == "classify" and names_given is not None:
         kw["class_names"] = list(names_given)
+    if train_src is not None and _is_source(val_src):
+        kw["val_fraction"] = 0.0  # data.val is the validation set: nothing is carved out of data.train
     train = plugin.train_dataset(
         train_src, split="train", input_size=input_size, num_samples=num_samples, seed=seed, task=task,
         lesion_prob=train_lp, **kw,

@@ -55,6 +55,11 @@ def run(domain: str, task: str, out: Path, *extra: str) -> dict:
     if task == "segment":
         over.append("model.feature_size=8")
     cfg = load_finetune_config(ROOT / "configs" / domain / f"{task}.yaml", over + list(extra))
+    # a handful of steps whatever schedule the shipped recipe uses; fundus images stay at their own tiny size
+    if "epochs" in cfg.get("train", {}):
+        cfg["train"]["epochs"] = None
+    if "fov_diameter" in cfg.get("data", {}):
+        cfg["data"]["fov_diameter"] = 48
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return finetune(cfg)
