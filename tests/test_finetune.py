@@ -255,8 +255,9 @@ def test_ct_anomaly_trains_on_normal_volumes_and_stores_thresholds(tmp_path: Pat
     assert out_fwd["logvar"].shape == out_fwd["pred"].shape
 
 
-def _image_auroc(model: torch.nn.Module, a: dict, n: int) -> float:
-    """Image AUROC of ``model`` on the synthetic CT validation set, scored exactly as fine-tuning scores it."""
+def _image_auroc(model: torch.nn.Module, a: dict, n: int) -> tuple[float, np.ndarray]:
+    """Image AUROC of ``model`` on the synthetic CT validation set, scored exactly as fine-tuning scores it, and
+    the set's labels (1 = lesion)."""
     from unimae.core.metrics import auroc
 
     ds = get_domain("ct").synthetic(n, seed=100_003, size=SIZE["ct"], task="anomaly", lesion_prob=0.5)
@@ -268,18 +269,32 @@ def _image_auroc(model: torch.nn.Module, a: dict, n: int) -> float:
                             norm_pix=a["norm_pix"], generator=torch.Generator().manual_seed(0))  # fmt: skip
         scores.append(float(image_scores(m, s.valid[None], a["top_fraction"])[0]))
         labels.append(int(s.label))
-    return auroc(np.array(scores), np.array(labels))
+    return auroc(np.array(scores), np.array(labels)), np.array(labels)
 
 
+def _chance_sd(labels: np.ndarray) -> float:
+    """Standard deviation of the AUROC of a scorer that cannot separate the classes (mean 0.5), for these class
+    counts: the Mann-Whitney statistic's null distribution, sqrt((n1 + n0 + 1) / (12 n1 n0))."""
+    n1, n0 = int(labels.sum()), int((1 - labels).sum())
+    return math.sqrt((n1 + n0 + 1) / (12.0 * n1 * n0))
+
+
+@pytest.mark.slow  # about 90 s on 2 idle CPU cores (2500 training steps)
 def test_ct_anomaly_with_variance_beats_chance_and_an_untrained_model(tmp_path: Path) -> None:
     """Hypodense liver/spleen lesions in 32^3 trunk phantoms: the MAE with the variance head, trained on normal
     volumes, beats chance AND the same architecture untrained, scored the same way (so the statistics of the
-    scoring alone cannot pass it). 2500 steps, about 90 s on 2 CPU cores. Measured: trained 0.88, untrained 0.57;
-    seeds 1 and 2 (each on its own 48-volume validation set) gave 0.86 and 0.79."""
+    scoring alone cannot pass it). 2500 steps, about 90 s on 2 idle CPU cores.
+
+    The margin comes from the size of the validation set, not from one seed's result: a scorer that cannot
+    separate the classes has AUROC 0.5 +- sd, sd = sqrt((n1 + n0 + 1) / (12 n1 n0)) (0.059 for the 46 + 50
+    volumes), and passes ``> 0.5 + 2.33 sd`` by luck about 1 % of the time; the trained model must clear that
+    and the untrained model's own AUROC by the same 2.33 sd. Measured on this 96-volume set (margin 0.138,
+    so the bar is 0.638): trained 0.754 (seed 0) and 0.749 (seed 1; 0.850 on its own validation set), untrained
+    0.476. A model whose optimizer never steps scores as the untrained one and fails."""
     from unimae.core.checkpoint import build_model
 
     out = tmp_path / "run"
-    n_val = 48
+    n_val = 96
     result = run("ct", "anomaly", out, "model.patch_size=8", "data.num_samples=10000", f"data.num_val_samples={n_val}",
                  "train.max_steps=2500", "train.batch_size=4", "train.lr=1.5e-3", "train.weight_decay=0.02",
                  "train.warmup_steps=160", "train.val_every=2500", "train.save_every=2500", "train.log_every=500")  # fmt: skip
@@ -288,10 +303,12 @@ def test_ct_anomaly_with_variance_beats_chance_and_an_untrained_model(tmp_path: 
     torch.manual_seed(0)
     untrained = build_model(meta).eval()
     a = meta["anomaly"]
-    ours, control = _image_auroc(trained, a, n_val), _image_auroc(untrained, a, n_val)
-    print(f"ct anomaly image AUROC: trained {ours:.3f}, untrained {control:.3f}")
+    ours, labels = _image_auroc(trained, a, n_val)
+    control, _ = _image_auroc(untrained, a, n_val)
+    margin = 2.33 * _chance_sd(labels)
+    print(f"ct anomaly image AUROC: trained {ours:.3f}, untrained {control:.3f}, margin {margin:.3f}")
     assert ours == pytest.approx(result["best_value"], abs=1e-6)  # the same scoring as validation
-    assert ours > 0.75 and ours > control + 0.15, (ours, control)
+    assert ours > 0.5 + margin and ours > control + margin, (ours, control, margin)
 
 
 def test_fundus_grading_beats_chance(tmp_path: Path) -> None:
