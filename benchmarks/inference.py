@@ -312,7 +312,15 @@ def child_geotiff_run(a: dict[str, Any]) -> dict[str, Any]:
             "precision": pred.precision, "outputs": sorted(p.name for p in files.values()), "model": desc}  # fmt: skip
 
 
+def child_demo_make(a: dict[str, Any]) -> dict[str, Any]:
+    """Resolve (and, without a demo cache, fine-tune) the demo segmenter once, in its own process, so that no
+    GeoTIFF measurement carries the fine-tune's memory."""
+    ckpt, source = _demo_ms_segment(Path(a["tmp"]))
+    return {"checkpoint": str(ckpt), "weights": source}
+
+
 CHILDREN = {
+    "demo_make": child_demo_make,
     "ct3d": child_ct3d,
     "fundus": child_fundus,
     "anomaly": child_anomaly,
@@ -416,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             geo: dict[str, Any] = {"bands": 13, "tile": args.tile, "tile_overlap": args.tile_overlap,
                                    "sw_overlap": args.sw_overlap, "decoder_feature_size": args.geotiff_feature_size,
                                    "sizes": sizes, "models": {m: {"scenes": {}} for m in models}}  # fmt: skip
+            if "demo" in models:
+                _log("geotiff: the demo segmenter ...")
+                geo["demo_model"] = _run_child("demo_make", {"tmp": str(tmp)}, args.threads)
+                _log(f"  {geo['demo_model']}")
             for s in sizes:
                 path = tmp / f"scene_{s}.tif"
                 _log(f"geotiff: writing a {s}x{s}x13 scene (streamed) ...")
