@@ -26,6 +26,14 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+# Gradio and timm pull in huggingface_hub, which sends telemetry and fetches a registry unless told not to; the app
+# never downloads anything, so it runs the hub library offline (before huggingface_hub reads its settings)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if "huggingface_hub.constants" in __import__("sys").modules:  # imported already (e.g. by timm): tell it too
+    _hub = __import__("sys").modules["huggingface_hub.constants"]
+    _hub.HF_HUB_OFFLINE = _hub.HF_HUB_OFFLINE or os.environ["HF_HUB_OFFLINE"] == "1"
+    _hub.HF_HUB_DISABLE_TELEMETRY = _hub.HF_HUB_DISABLE_TELEMETRY or os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -229,8 +237,7 @@ def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
     if volume:
 
         def on_plane(v, plane="axial"):
-            s, _ = panel.controls(v, plane)
-            return s
+            return panel.controls(v, plane)[0]
 
         kw["plane"].change(on_plane, inputs=[view, kw["plane"]], outputs=[index], api_visibility="private",
                            show_progress="hidden").then(redraw, inputs=[view], inputs_kwargs=draw_kw, outputs=[image],

@@ -8,22 +8,28 @@ steps each) built into a temporary cache, and every domain x task endpoint is ca
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import time
-from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-import pytest
-import rasterio
-import torch
+# as `unimae app` runs (apps/app.py), before anything imports gradio or huggingface_hub; the API client in these tests
+# shares the process, so it is offline too (README: API users set the same for gradio_client)
+for _key, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
+    os.environ.setdefault(_key, _value)
 
-from unimae.apps import ui_render as R
-from unimae.apps.predict import Prediction
-from unimae.core.errors import InputError
-from unimae.domains.base import Sample
+import json  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import rasterio  # noqa: E402
+import torch  # noqa: E402
+
+from unimae.apps import ui_render as R  # noqa: E402
+from unimae.apps.predict import Prediction  # noqa: E402
+from unimae.core.errors import InputError  # noqa: E402
+from unimae.domains.base import Sample  # noqa: E402
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -417,25 +423,66 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0", "", None)
+
+
+class _NetworkLog:
+    """Records every host this process resolves or connects to (the app must only ever talk to itself)."""
+
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+        self._saved = (socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex)
+
+    def __enter__(self) -> _NetworkLog:
+        getaddrinfo, connect, connect_ex = self._saved
+        log = self.hosts
+
+        def note(address) -> None:
+            host = address[0] if isinstance(address, tuple) else address
+            if isinstance(host, bytes):
+                host = host.decode()
+            if host not in _LOCAL_HOSTS and not str(host).startswith("127.") and not isinstance(address, str):
+                log.append(str(host))
+
+        def _getaddrinfo(host, *args, **kwargs):
+            note((host,))
+            return getaddrinfo(host, *args, **kwargs)
+
+        def _connect(sock, address):
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                note(address)
+            return connect(sock, address)
+
+        def _connect_ex(sock, address):
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                note(address)
+            return connect_ex(sock, address)
+
+        socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex = _getaddrinfo, _connect, _connect_ex
+        return self
+
+    def __exit__(self, *exc) -> None:
+        socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex = self._saved
+
+
 @pytest.fixture(scope="module")
 def live(bundle):
-    """The app on a free port of 127.0.0.1 and a gradio_client connected to it."""
+    """The app on a free port of 127.0.0.1 and a gradio_client connected to it; every host the process resolves or
+    connects to meanwhile is recorded (``live["network"]``)."""
     pytest.importorskip("gradio_client")
     from gradio_client import Client
 
     from unimae.apps.app import AppSettings, build_app, launch_app
     from unimae.apps.ui_models import ModelCatalog
 
-    settings = AppSettings(device="cpu", precision="fp32", concurrency=2, max_file_size="2mb")
-    demo = build_app(ModelCatalog(bundle.models), bundle.examples, settings=settings)
-    _, url, _ = launch_app(demo, port=_free_port(), allowed_paths=[bundle.root], prevent_thread_lock=True, quiet=True)
-    client = Client(url, verbose=False)
-    yield {"url": url, "client": client, "bundle": bundle, "demo": demo}
-    demo.close()
-
-
-def _example(bundle, domain: str, suffix: str) -> Path:
-    return next(p for p in bundle.examples[domain] if p.name.endswith(suffix))
+    with _NetworkLog() as network:
+        settings = AppSettings(device="cpu", precision="fp32", concurrency=2, max_file_size="2mb")
+        demo = build_app(ModelCatalog(bundle.models), bundle.examples, settings=settings)
+        _, url, _ = launch_app(demo, port=_free_port(), allowed_paths=bundle.paths, prevent_thread_lock=True,
+                               quiet=True)  # fmt: skip
+        client = Client(url, verbose=False)
+        yield {"url": url, "client": client, "bundle": bundle, "demo": demo, "network": network}
+        demo.close()
 
 
 def test_api_names_every_domain_task(live):
@@ -591,6 +638,22 @@ def _zip_first(path: Path) -> bytes:
 
     with zipfile.ZipFile(path) as zf:
         return zf.read(zf.namelist()[0])
+
+
+def test_the_app_never_touches_the_network(live):
+    """Building, launching and serving the app (every endpoint test runs in this module before this one) resolves
+    and connects to this machine only: no analytics, no version check, no fonts or front-end from a CDN."""
+    from gradio_client import handle_file
+
+    out = live["client"].predict(handle_file(str(_example(live["bundle"], "fundus", "healthy.png"))),
+                                 api_name="/fundus_classify")  # fmt: skip
+    assert out[3]["task"] == "classify"
+    assert os.environ.get("GRADIO_ANALYTICS_ENABLED") == "False"
+    assert live["network"].hosts == []
+
+
+def _example(bundle, domain: str, suffix: str) -> Path:
+    return next(p for p in bundle.examples[domain] if p.name.endswith(suffix))
 
 
 def test_panel_threshold_and_redraw_do_not_rerun_the_model(bundle, monkeypatch):
