@@ -99,8 +99,10 @@ APP_CSS = """
 .unimae-marker {position:absolute; top:-3px; width:3px; height:18px; background:#00ffff; border:1px solid #000}
 .unimae-bar-labels {display:flex; justify-content:space-between; font-size:0.8em; color:var(--body-text-color-subdued)}
 /* uploads: the whole file name, wrapped, never "000… .png" */
-.unimae-upload .file-preview td.filename, .unimae-upload .file-name, .unimae-upload .stem {white-space:normal !important;
-  overflow:visible !important; text-overflow:clip !important; overflow-wrap:anywhere; word-break:break-all; max-width:none !important}
+.unimae-upload .file-preview td.filename {display:table-cell !important; white-space:normal !important; overflow:visible !important;
+  overflow-wrap:anywhere; max-width:none !important}
+.unimae-upload .file-preview td.filename .stem, .unimae-upload .file-preview td.filename .ext {display:inline !important;
+  white-space:normal !important; overflow:visible !important; text-overflow:clip !important; overflow-wrap:anywhere}
 .unimae-upload .file-preview-holder {overflow-x:visible}
 /* the threshold scale is positions, the value is typed in the box beside it */
 .unimae-scale input[type=number] {display:none}
@@ -513,6 +515,8 @@ def _watch_build(proc: Any, root: Path, catalog: Any) -> None:
     def wait() -> None:
         code = proc.wait()
         bundle = load_demo(root) if code == 0 else None
+        if bundle is None and code in (-2, -15, 130):  # the app is stopping
+            return
         if bundle is None:
             reason = f"the build stopped with status {code}" if code else f"no complete build in {root}"
             catalog.build_ended(reason)
@@ -523,6 +527,18 @@ def _watch_build(proc: Any, root: Path, catalog: Any) -> None:
               "(a reloaded page lists them)", flush=True)  # fmt: skip
 
     threading.Thread(target=wait, name="unimae-demo-build", daemon=True).start()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a service manager stopping the app) ends it like Ctrl-C: through ``finally`` blocks."""
+    import signal
+    import threading
+
+    def stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt("stopped by SIGTERM")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -557,6 +573,7 @@ def run_app(args: argparse.Namespace) -> int:
     catalog = ModelCatalog(demo_models, args.models, pending=pending)
     if builder is not None:
         _watch_build(builder, bundle.root, catalog)
+        _stop_on_sigterm()  # so that `finally` below stops the child build too
     for reason in catalog.skipped:
         print(f"unimae: note: skipped checkpoint {reason}", flush=True)
     try:
@@ -573,7 +590,7 @@ def run_app(args: argparse.Namespace) -> int:
         _serve_forever(demo)
     finally:
         if builder is not None and builder.poll() is None:
-            builder.terminate()  # the build keeps nothing half-done; the next start builds again
+            builder.terminate()  # `unimae demo` stops as on Ctrl-C: nothing half-built is kept; the next start builds again
             try:
                 builder.wait(timeout=30)
             except Exception:  # noqa: BLE001

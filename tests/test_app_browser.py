@@ -378,7 +378,7 @@ def _card_shown(page, name: str) -> None:
 
 
 def _download(page, name: str, suffix: str) -> bytes:
-    link = page.locator(f"#{name}-files a").filter(has_text=suffix).first
+    link = page.locator(f"#{name}-files tr").filter(has_text=suffix).locator("a").first
     href = link.get_attribute("href")
     url = href if href.startswith("http") else page.url.rstrip("/") + "/" + href.lstrip("/")
     return page.request.get(url).body()
