@@ -181,7 +181,8 @@ def test_the_page_loads_nothing_from_the_network(browser_app):
 
     page = browser_app["page"]
     _open(page, "multispectral", "segment")
-    page.wait_for_load_state("networkidle")
+    page.wait_for_load_state("load")  # (never "networkidle": the page keeps its event stream to the server open)
+    assert page.evaluate("document.fonts.ready.then(() => document.fonts.size >= 0)")  # fonts fetched, if any
     assert page.unimae_requests, "no request was recorded"
     outside = sorted({u for u in page.unimae_requests if urlparse(u).scheme not in ("data", "blob")
                       and urlparse(u).hostname not in ("127.0.0.1", "localhost", "::1")})  # fmt: skip
