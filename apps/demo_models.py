@@ -237,9 +237,10 @@ def _train(steps: int, batch: int, lr: float = 1.5e-3, **extra: Any) -> dict[str
 
 
 # model sizes: the "micro" preset (64 wide), two blocks; CT volumes at 9 mm so a 288 mm trunk fits the crop. Steps
-# are few, one CPU thread: the whole first start (imports, examples, these builds) stays within about 2 minutes of
-# CPU time, so within 2 minutes on 2 cores while another process keeps one busy (issue 10). The price is models
-# that are rough even on their own synthetic data (validation: CT Dice 0.70, CT anomaly image AUROC 0.64).
+# are few, one CPU thread (issue 10: the first start within 2 minutes on 2 cores while another process keeps one
+# busy). Measured on the shared development machine (load 8-10 on 2 cores): 183 s of CPU time for all 11 models
+# including imports and examples (CT anomaly and CT segment about half of it). The price is models that are rough
+# even on their own synthetic data (validation: CT Dice 0.70, CT anomaly image AUROC 0.64).
 _MICRO2 = {"preset": "micro", "depth": 2, "drop_path_rate": 0.0}
 _CT_DATA = {"window": "soft_tissue", "spacing": [9.0, 9.0, 9.0]}
 
