@@ -152,7 +152,8 @@ MONITORS: dict[str, tuple[str, ...]] = {
     "anomaly": ("image_auroc", "loss"),
 }
 _DEFAULT_INPUT = {2: 224, 3: 96}
-_DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples", "val_lesion_prob", "normal_class")
+_DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples", "val_lesion_prob", "normal_class",
+              "segment_mode")
 _PROTOCOL_ARGS = {"self", "train", "input_size", "n", "seed", "size", "path", "sample", "source", "split", "like",
                   "plugin", "task"}  # fmt: skip
 _NONE = ("", "none", "null", "scratch", "random")
@@ -191,6 +192,8 @@ class FinetuneConfig(TrainConfig):
         label_smoothing: cross-entropy label smoothing (single-label classification and segmentation).
         val_overlap: sliding-window overlap of validation images larger than ``input_size``.
         val_batches: validation covers at most ``val_batches * batch_size`` validation cases.
+        epochs: when set, ``max_steps`` is computed from it: ``ceil(epochs * training items / effective
+            batch)``, so a recipe scales with the size of the user's data.
     """
 
     max_steps: int = 2000
@@ -210,12 +213,15 @@ class FinetuneConfig(TrainConfig):
     ce_weight: float = 1.0
     label_smoothing: float = 0.0
     val_overlap: float = 0.25
+    epochs: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.mode = look_up(str(self.mode), MODES, what="train.mode")
         if self.layer_decay is not None:
             self.layer_decay = _number("layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
+        if self.epochs is not None:
+            self.epochs = _number("epochs", self.epochs, 0.0, low_open=True)
         cw = self.class_weights
         if cw is None or (isinstance(cw, str) and cw.strip().lower() in ("none", "null", "")):
             self.class_weights = "none"
@@ -459,6 +465,7 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     if "task" in d:
         raise InputError("data.task is set by the top-level task key; remove data.task")
     train_src, val_src = d.pop("train", None), d.pop("val", None)
+    d.pop("segment_mode", None)  # recorded in the checkpoint's contract by finetune()
     recipe = dict(plugin.recipes.get("finetune", {}))
     input_size = d.pop("input_size", recipe.get("input_size", _DEFAULT_INPUT[plugin.spatial_dims]))
     try:
@@ -728,6 +735,17 @@ class InitSource:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def resolve_layer_decay(value: Any, plugin: DomainPlugin, task: str, init: InitSource) -> Any:
+    """``train.layer_decay``, with ``auto`` (or unset) resolved: the domain's fine-tuning recipe (e.g. X-ray
+    0.55) for a pretrained encoder; none from scratch (``init=none``: decay would all but freeze the random
+    early blocks) and none for anomaly (the MAE keeps one lr). Any other value is kept."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        if init.kind == "none" or task == "anomaly":
+            return None
+        return plugin.recipes.get("finetune", {}).get("layer_decay")
+    return value
+
+
 def resolve_init(value: Any) -> InitSource:
     """``init`` as given in the config: ``none``, a UniMAE checkpoint (``NAME``, ``NAME.json``,
     ``NAME.safetensors`` or a run folder holding ``model.json``), or a foreign weights file."""
@@ -754,7 +772,7 @@ def resolve_init(value: Any) -> InitSource:
 
 
 _ARCH_KEYS = ("spatial_dims", "in_chans", "channel_mode", "channels", "patch_size", "embed_dim", "depth",
-              "num_heads", "mlp_ratio", "spectral_dim", "class_token")  # fmt: skip
+              "num_heads", "mlp_ratio", "spectral_dim", "class_token", "stem", "stem_width")  # fmt: skip
 
 
 def init_architecture(init: InitSource, task: str) -> dict[str, Any]:
@@ -1391,8 +1409,15 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
         raise InputError(f"the anomaly section only applies to task anomaly, not {task}")
     anomaly = _anomaly_settings(anomaly_cfg)
     train_cfg = dict(cfg.get("train") or {})
-    # unset layer decay: the domain's fine-tuning recipe (e.g. X-ray 0.55); anomaly keeps the MAE's single lr
-    train_cfg.setdefault("layer_decay", None if task == "anomaly" else plugin.recipes.get("finetune", {}).get("layer_decay"))
+    init = resolve_init(cfg.get("init"))
+    train_cfg["layer_decay"] = resolve_layer_decay(train_cfg.get("layer_decay", "auto"), plugin, task, init)
+    if train_cfg.get("max_steps", "unset") is None:  # no step count: train.epochs decides (or the default)
+        train_cfg.pop("max_steps")
+        if train_cfg.get("epochs") is not None:
+            train_cfg["max_steps"] = 1  # replaced once the training data are counted
+    elif train_cfg.get("epochs") is not None and "max_steps" in train_cfg:
+        _say(f"train.max_steps={train_cfg['max_steps']} given: train.epochs={train_cfg['epochs']} is not used")
+        train_cfg["epochs"] = None
     tcfg = FinetuneConfig.from_dict(train_cfg)
     seed = cfg.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -1405,12 +1430,16 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
     if not isinstance(resume, (bool, str)) and resume is not None:
         raise InputError(f"resume must be true, false or a checkpoint path, got {resume!r}")
     allow_pickle = _bool("init_allow_pickle", cfg.get("init_allow_pickle", False))
-    init = resolve_init(cfg.get("init"))
 
     du.init_distributed(tcfg.device)
     try:
         seed_everything(seed)  # the same initial head weights on every rank
         data = build_finetune_data(plugin, task, data_cfg, seed)
+        if tcfg.epochs is not None:  # a schedule in epochs scales with the data
+            per_step = tcfg.batch_size * tcfg.accum_steps * du.env_world_size()
+            tcfg.max_steps = max(1, math.ceil(float(tcfg.epochs) * len(data.train) / per_step))
+            _say(f"train.epochs={tcfg.epochs:g} over {len(data.train)} training items: {tcfg.max_steps} steps "
+                 f"of {per_step}")  # fmt: skip
         item = data.train[0]
         model, notes = build_task_model(
             task, model_cfg, plugin, num_classes=len(data.class_names), multi_label=data.multi_label,
@@ -1456,7 +1485,8 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
             contract["data_channels"] = band_names
         contract["modality"] = plugin.modality
         if encoder.spatial_dims == 2:  # predict at the scale the augmentation trained at (see the plugin recipe)
-            contract["segment_mode"] = plugin.recipes.get("finetune", {}).get("segment_mode", "sliding")
+            contract["segment_mode"] = data_cfg.get("segment_mode") or plugin.recipes.get("finetune", {}).get(
+                "segment_mode", "sliding")
         info = task_metadata(
             task=task, domain=plugin.name, class_names=data.class_names, contract=contract,
             multi_label=data.multi_label,

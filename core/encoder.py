@@ -9,14 +9,16 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from unimae.core.conv_stem import ConvStem
 from unimae.core.errors import InputError, check_finite, look_up
 from unimae.core.masking import MaskSpec
-from unimae.core.patch_embed import PatchEmbed, SpectralPatchEmbed, pad_to_patch, patchify, to_tuple
+from unimae.core.patch_embed import PatchEmbed, SpectralPatchEmbed, pad_to_patch, patchify, to_tuple, unpatchify
 from unimae.core.pos_embed import sincos_pos_embed
 
 __all__ = ["ViTEncoder", "build_blocks", "key_padding_mask"]
 
 CHANNEL_MODES = ("fixed", "spectral")
+STEMS = ("patch", "conv")
 
 
 def build_blocks(
@@ -70,6 +72,10 @@ class ViTEncoder(nn.Module):
         drop_path_rate: stochastic depth at the last block.
         spectral_dim: width of the shared spectral space (spectral mode).
         class_token: prepend a learned class token.
+        stem: ``"patch"`` (one linear map per patch, ViT/MAE) or ``"conv"`` (a hybrid encoder: stride-2
+            convolution stages before the transformer, see :class:`~unimae.core.conv_stem.ConvStem`;
+            the default of the shipped fine-tuning recipes, which train on small data).
+        stem_width: channels of the conv stem's first stage (doubled per stage).
         norm_layer, act_layer: layer classes passed to timm's ``Block``.
     """
 
@@ -87,6 +93,8 @@ class ViTEncoder(nn.Module):
         drop_path_rate: float = 0.0,
         spectral_dim: int = 32,
         class_token: bool = True,
+        stem: str = "patch",
+        stem_width: int = 32,
         norm_layer: type[nn.Module] = nn.LayerNorm,
         act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
@@ -94,6 +102,8 @@ class ViTEncoder(nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         look_up(channel_mode, CHANNEL_MODES, what="channel_mode")
+        self.stem = look_up(stem, STEMS, what="stem")
+        linear = self.stem == "patch"
         self.spatial_dims = int(spatial_dims)
         self.channel_mode = channel_mode
         self.patch_size = to_tuple(patch_size, self.spatial_dims)
@@ -103,16 +113,20 @@ class ViTEncoder(nn.Module):
             if not channels:
                 raise ValueError("channel_mode='spectral' needs the known `channels` (names and wavelengths)")
             self.patch_embed: nn.Module = SpectralPatchEmbed(
-                channels, embed_dim, self.patch_size, self.spatial_dims, spectral_dim=spectral_dim
+                channels, embed_dim, self.patch_size, self.spatial_dims, spectral_dim=spectral_dim, project=linear
             )
             self.channels = list(self.patch_embed.channels)
             self.in_chans = len(self.channels)
         else:
-            self.patch_embed = PatchEmbed(in_chans, embed_dim, self.patch_size, self.spatial_dims)
+            self.patch_embed = PatchEmbed(in_chans, embed_dim, self.patch_size, self.spatial_dims, project=linear)
             self.channels = list(channels) if channels else [{"name": f"ch{i}", "wavelength": None} for i in range(in_chans)]
             if len(self.channels) != in_chans:
                 raise ValueError(f"{len(self.channels)} channel descriptions for in_chans={in_chans}")
             self.in_chans = int(in_chans)
+        self.conv_stem: ConvStem | None = None
+        if not linear:
+            stem_in = spectral_dim if channel_mode == "spectral" else self.in_chans
+            self.conv_stem = ConvStem(stem_in, embed_dim, self.patch_size, self.spatial_dims, width=stem_width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.blocks = build_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate, norm_layer, act_layer)
         self.norm = norm_layer(embed_dim)
@@ -166,10 +180,22 @@ class ViTEncoder(nn.Module):
 
     def embed(
         self, patches: torch.Tensor, grid: Sequence[int], band_idx: Sequence[int] | None = None,
-        channel_keep: torch.Tensor | None = None,
+        channel_keep: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Patch tokens plus position embedding: ``(B, N, E)`` (no class token)."""
-        if self.channel_mode == "spectral":
+        """Patch tokens plus position embedding: ``(B, N, E)`` (no class token).
+
+        ``hidden`` ``(B, N)`` (True = hidden from the encoder, MAE) matters only to a conv stem, which
+        zeroes those patches so that no visible token sees their content.
+        """
+        if self.conv_stem is not None:
+            image = unpatchify(patches, grid, self.patch_size)  # (B, C, *S')
+            if self.channel_mode == "spectral":
+                image = self.patch_embed.mix(image, band_idx, channel_keep)
+            elif channel_keep is not None:
+                image = image * channel_keep.to(image.dtype).reshape(*channel_keep.shape, *([1] * len(grid)))
+            visible = None if hidden is None else ~hidden.reshape(hidden.shape[0], *grid)
+            tokens = self.conv_stem(image, visible).flatten(2).transpose(1, 2)
+        elif self.channel_mode == "spectral":
             tokens = self.patch_embed(patches, band_idx, channel_keep)
         else:
             tokens = self.patch_embed(patches, channel_keep)

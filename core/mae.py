@@ -38,7 +38,7 @@ class MaskedAutoencoder(nn.Module):
 
     Args:
         spatial_dims, in_chans, channel_mode, channels, patch_size, embed_dim, depth, num_heads,
-            mlp_ratio, drop_path_rate, spectral_dim: the encoder (see :class:`ViTEncoder`).
+            mlp_ratio, drop_path_rate, spectral_dim, stem, stem_width: the encoder (see :class:`ViTEncoder`).
         decoder_dim, decoder_depth, decoder_heads: the light decoder.
         mask_ratio: fraction of (valid) patches hidden from the encoder.
         masking: ``"random"`` (patches) or ``"channel_patch"`` (patches and whole channels, ChA-MAEViT).
@@ -75,6 +75,8 @@ class MaskedAutoencoder(nn.Module):
         gradient_branch: bool = False,
         gradient_depth: int = 1,
         predict_variance: bool = False,
+        stem: str = "patch",
+        stem_width: int = 32,
     ) -> None:
         super().__init__()
         look_up(masking, MASKING_MODES, what="masking")
@@ -95,6 +97,8 @@ class MaskedAutoencoder(nn.Module):
             mlp_ratio=mlp_ratio,
             drop_path_rate=drop_path_rate,
             spectral_dim=spectral_dim,
+            stem=stem,
+            stem_width=stem_width,
         )
         self.mask_ratio = float(mask_ratio)
         self.masking = masking
@@ -189,7 +193,7 @@ class MaskedAutoencoder(nn.Module):
             ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
             spec = random_masking(b, n, ratio, token_valid=tok_valid, generator=generator, device=x.device)
 
-        tokens = enc.embed(patches, grid, band_idx, channel_keep)
+        tokens = enc.embed(patches, grid, band_idx, channel_keep, hidden=spec.mask if enc.conv_stem is not None else None)
         latent = enc.forward_tokens(tokens, spec)["tokens"]
         dec = self._decode(latent, spec, grid)
         pred = self.decoder_pred(dec)  # (B, N, n_out * P)

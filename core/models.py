@@ -69,6 +69,8 @@ class MAEClassifier(nn.Module):
         drop_path_rate: float = 0.1,
         spectral_dim: int = 32,
         class_token: bool = True,
+        stem: str = "patch",
+        stem_width: int = 32,
     ) -> None:
         super().__init__()
         self.config = _capture(locals())
@@ -120,6 +122,8 @@ class MAESegmenter(nn.Module):
         drop_path_rate: float = 0.1,
         spectral_dim: int = 32,
         class_token: bool = True,
+        stem: str = "patch",
+        stem_width: int = 32,
     ) -> None:
         super().__init__()
         self.config = _capture(locals())

@@ -103,13 +103,17 @@ class PatchEmbed(nn.Module):
     """
 
     def __init__(
-        self, in_chans: int, embed_dim: int, patch_size: int | Sequence[int] = 16, spatial_dims: int = 2, bias: bool = True
+        self, in_chans: int, embed_dim: int, patch_size: int | Sequence[int] = 16, spatial_dims: int = 2, bias: bool = True,
+        project: bool = True,
     ) -> None:
         super().__init__()
         self.in_chans = int(in_chans)
         self.embed_dim = int(embed_dim)
         self.spatial_dims = int(spatial_dims)
         self.patch_size = to_tuple(patch_size, self.spatial_dims)
+        if not project:  # a convolutional stem embeds instead; this module only checks channels
+            self.proj = None
+            return
         self.proj = nn.Module()  # keeps the ``proj.weight`` / ``proj.bias`` names of timm and MAE
         self.proj.weight = nn.Parameter(torch.empty(self.embed_dim, self.in_chans, *self.patch_size))
         self.proj.bias = nn.Parameter(torch.zeros(self.embed_dim)) if bias else None
@@ -158,6 +162,7 @@ class SpectralPatchEmbed(nn.Module):
         spectral_dim: int = 32,
         num_frequencies: int = 16,
         hidden_dim: int = 128,
+        project: bool = True,
     ) -> None:
         super().__init__()
         if not channels:
@@ -182,10 +187,12 @@ class SpectralPatchEmbed(nn.Module):
             nn.GELU(),
             nn.Linear(hidden_dim, self.spectral_dim),
         )
-        self.proj = nn.Module()
-        self.proj.weight = nn.Parameter(torch.empty(self.embed_dim, self.spectral_dim, *self.patch_size))
-        self.proj.bias = nn.Parameter(torch.zeros(self.embed_dim))
-        nn.init.xavier_uniform_(self.proj.weight.view(self.embed_dim, -1))
+        self.proj = None
+        if project:  # without it a convolutional stem embeds the spectral-space image (see ``mix``)
+            self.proj = nn.Module()
+            self.proj.weight = nn.Parameter(torch.empty(self.embed_dim, self.spectral_dim, *self.patch_size))
+            self.proj.bias = nn.Parameter(torch.zeros(self.embed_dim))
+            nn.init.xavier_uniform_(self.proj.weight.view(self.embed_dim, -1))
         nn.init.normal_(self.band_embed, std=0.02)
 
     def band_indices(self, names: Sequence[str] | None, path: str | None = None) -> list[int]:
@@ -215,16 +222,26 @@ class SpectralPatchEmbed(nn.Module):
     ) -> torch.Tensor:
         """``(B, N, C, P)`` with bands ``band_idx`` -> ``(B, N, E)``; ``channel_keep`` ``(B, C)`` drops bands."""
         b, n, c, p = patches.shape
+        mixed = self.mix(patches, band_idx, channel_keep, channel_dim=2)
+        return F.linear(mixed.reshape(b, n, -1), self.proj.weight.reshape(self.embed_dim, -1), self.proj.bias)
+
+    def mix(
+        self, x: torch.Tensor, band_idx: Sequence[int], channel_keep: torch.Tensor | None = None, channel_dim: int = 1
+    ) -> torch.Tensor:
+        """Project the bands of ``x`` (axis ``channel_dim``) into the shared spectral space: the mean of
+        ``a_c x_c`` over the present bands. ``channel_keep`` ``(B, C)`` drops bands per sample."""
+        c = x.shape[channel_dim]
         if c != len(band_idx):
             raise InputError(f"input has {c} channels but {len(band_idx)} band names were given")
-        resp = self.responses(band_idx).to(patches.dtype)  # (C, K)
+        resp = self.responses(band_idx).to(x.dtype)  # (C, K)
         if channel_keep is None:
-            mixed = torch.einsum("bncp,ck->bnkp", patches, resp) / c
+            weights = (resp / c)[None].expand(x.shape[0], -1, -1)
         else:
-            keep = channel_keep.to(patches.dtype)  # (B, C)
+            keep = channel_keep.to(x.dtype)  # (B, C)
             weights = keep[:, :, None] * resp[None] / keep.sum(1).clamp(min=1.0)[:, None, None]
-            mixed = torch.einsum("bncp,bck->bnkp", patches, weights)
-        return F.linear(mixed.reshape(b, n, -1), self.proj.weight.reshape(self.embed_dim, -1), self.proj.bias)
+        moved = x.movedim(channel_dim, -1)  # (B, ..., C)
+        out = torch.einsum("b...c,bck->b...k", moved, weights)
+        return out.movedim(-1, channel_dim)
 
 
 def inflate_patch_weight(weight: torch.Tensor, depth: int, mode: str = "average") -> torch.Tensor:

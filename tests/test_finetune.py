@@ -21,7 +21,9 @@ from unimae.apps.finetune import (
     finetune,
     load_finetune_config,
     load_init,
+    InitSource,
     resolve_init,
+    resolve_layer_decay,
 )
 from unimae.core.anomaly import anomaly_map, image_scores
 from unimae.core.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -122,7 +124,7 @@ def check_run(result: dict, out: Path, domain: str, task: str) -> dict:
 # ------------------------------------------------------------------------------------------------
 def test_xray_multilabel_findings_beat_chance(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run("xray", "classify", out, "data.num_samples=640", "data.num_val_samples=48", "train.max_steps=40",
+    result = run("xray", "classify", out, "data.num_samples=640", "data.num_val_samples=48", "train.max_steps=80",
                  "train.batch_size=16", "train.lr=2e-3", "train.val_every=20")  # fmt: skip
     meta = check_run(result, out, "xray", "classify")
     assert meta["multi_label"] is True and meta["class_names"] == ["nodule", "consolidation", "cardiomegaly"]
@@ -574,17 +576,26 @@ def test_configs_follow_the_finetune_recipes(capsys: pytest.CaptureFixture) -> N
         for task in tasks:
             cfg = load_finetune_config(config(domain, task))
             assert cfg["domain"] == domain and cfg["task"] == task and cfg["init"] == "none"
-            assert cfg["model"]["patch_size"] == recipe["patch_size"]
-            assert cfg["data"]["input_size"] == recipe["input_size"]
+            size, patch = cfg["data"]["input_size"], cfg["model"]["patch_size"]
+            for s, p in zip(size if isinstance(size, list) else [size], patch if isinstance(patch, list) else [patch]):
+                assert s % p == 0, f"{domain}/{task}: input_size {size} is not a multiple of patch_size {patch}"
             if task != "anomaly":
-                assert cfg["train"]["layer_decay"] == pytest.approx(recipe["layer_decay"])
+                # the recipe's layer decay applies to a pretrained init only; from scratch every layer gets the lr
+                decay = cfg["train"]["layer_decay"]
+                assert decay == "auto" or decay == pytest.approx(recipe["layer_decay"])
+                pretrained, scratch = InitSource("unimae", Path("x")), InitSource("none")
+                plugin = get_domain(domain)
+                assert resolve_layer_decay(decay, plugin, task, pretrained) == pytest.approx(recipe["layer_decay"])
+                assert resolve_layer_decay("auto", plugin, task, scratch) is None
             else:
                 assert cfg["anomaly"]["fpr"] == 0.05 and cfg["data"]["lesion_prob"] == 0.0
             code, text, err = run_cli(["finetune", "--config", f"{domain}/{task}", "--print-config", "init=none",
                                        "train.mode=linear"], capsys)  # fmt: skip
             assert code == 0, err
             assert f"task: {task}" in text and "mode: linear" in text
-    assert load_finetune_config(config("xray", "classify"))["train"]["layer_decay"] == pytest.approx(0.55)
+    xray_decay = load_finetune_config(config("xray", "classify"))["train"]["layer_decay"]
+    assert resolve_layer_decay(xray_decay, get_domain("xray"), "classify", InitSource("unimae", Path("x"))) == pytest.approx(0.55)
+    assert resolve_layer_decay(0.8, get_domain("xray"), "classify", InitSource("none")) == pytest.approx(0.8)
 
 
 def test_ddp_finetune_two_processes(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from unimae.core.errors import InputError
+from unimae.core.errors import InputError, look_up
 from unimae.domains.base import Sample
 from unimae.domains.fundus.fov import fov_bbox
 
@@ -56,6 +56,11 @@ class FundusTransform:
         brightness: maximum brightness shift, in units of the [0, 1] intensity range.
         contrast: maximum relative contrast change around the FOV mean.
         crop_to_fov: crop to the FOV bounding box before anything else.
+        crop: ``"fov"`` (train: a random resized crop of the FOV box, so the model sees the whole
+            fundus at ``input_size``; eval: the letterbox) or ``"native"`` (train: ``input_size`` crops at
+            the image's own scale, within ``scale`` as a zoom range, e.g. ``(0.8, 1.25)``; eval: the whole
+            image unchanged, for sliding-window inference). Use ``"native"`` for thin structures
+            (vessels), with ``fov_diameter`` in preprocessing to fix the scale across cameras.
     """
 
     def __init__(
@@ -70,18 +75,36 @@ class FundusTransform:
         brightness: float = 0.1,
         contrast: float = 0.1,
         crop_to_fov: bool = True,
+        crop: str = "fov",
     ) -> None:
         self.train = bool(train)
         self.size = as_hw(input_size)
+        self.crop = look_up(str(crop), ("fov", "native"), what="fundus crop")
         lo, hi = (float(s) for s in scale)
-        if not 0.0 < lo <= hi <= 1.0:
+        if self.crop == "native":
+            if not 0.0 < lo <= hi:
+                raise InputError(f"native crop zoom range must satisfy 0 < low <= high, got {tuple(scale)}")
+        elif not 0.0 < lo <= hi <= 1.0:
             raise InputError(f"crop scale must satisfy 0 < low <= high <= 1, got {tuple(scale)}")
         self.brightness = float(brightness)
         self.contrast = float(contrast)
         self.crop_to_fov = bool(crop_to_fov)
         h, w = self.size
         border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
-        if self.train:
+        if self.train and self.crop == "native":
+            steps = [
+                A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
+                              mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+                A.PadIfNeeded(min_height=h, min_width=w, p=1.0, **border),
+                A.RandomCrop(height=h, width=w, p=1.0),
+            ]
+            if flip:
+                steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+            if rotate > 0:
+                steps.append(A.Affine(rotate=(-float(rotate), float(rotate)), interpolation=cv2.INTER_LINEAR,
+                                      mask_interpolation=cv2.INTER_NEAREST, p=1.0, **border))
+            self.compose = A.Compose(steps, seed=0)
+        elif self.train:
             steps: list = [
                 A.RandomResizedCrop(
                     size=(h, w),
@@ -118,7 +141,8 @@ class FundusTransform:
         mask = None if sample.mask is None else sample.mask.numpy()
         if mask is not None and mask.shape != valid.shape:
             raise InputError(f"mask shape {mask.shape} does not match the image {valid.shape}", sample.meta.get("path"))
-        y0, x0, y1, x1 = fov_bbox(valid.astype(bool)) if self.crop_to_fov else (0, 0, *valid.shape)
+        use_box = self.crop_to_fov and (self.train or self.crop != "native")
+        y0, x0, y1, x1 = fov_bbox(valid.astype(bool)) if use_box else (0, 0, *valid.shape)
         image = np.ascontiguousarray(image[y0:y1, x0:x1])
         valid = np.ascontiguousarray(valid[y0:y1, x0:x1])
         masks = [valid]
@@ -133,6 +157,8 @@ class FundusTransform:
             image, masks = out["image"], list(out["masks"])
             image = self._jitter(image, masks[0].astype(bool), sample.meta.get("normalization"), int(seed))
             meta["augmented"] = "train"
+        elif self.crop == "native":  # the whole image at its own scale (sliding-window inference)
+            meta["augmented"] = "eval"
         else:
             image, masks, letterbox = self._letterbox(image, masks)
             letterbox["bbox"] = [y0, x0, y1, x1]
@@ -177,7 +203,7 @@ class FundusTransform:
         c = image.shape[-1]
         std = np.ones(c, dtype=np.float32)
         norm = normalization or {}
-        if norm.get("kind") == "meanstd" and len(norm.get("std", ())) == c:
+        if norm.get("kind") in ("meanstd", "image") and len(norm.get("std", ())) == c:
             std = np.asarray(norm["std"], dtype=np.float32)
         centre = image[valid].mean(axis=0)
         return (centre + a * (image - centre) + b / std).astype(np.float32)

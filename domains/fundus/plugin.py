@@ -149,6 +149,7 @@ class FundusPlugin(DomainPlugin):
         green: float | bool | None = None,
         normalize: str | Mapping[str, Any] = "imagenet",
         preset: str | None = None,
+        fov_diameter: int | None = None,
     ) -> Sample:
         """Into model space: optional CLAHE and green emphasis, then mean/std; 0 outside the FOV.
 
@@ -161,7 +162,7 @@ class FundusPlugin(DomainPlugin):
             green = chosen["green"] if green is None else green
             if normalize == "imagenet":
                 normalize = chosen["normalize"]
-        return preprocess_fundus(sample, clahe=clahe, green=green, normalize=normalize)
+        return preprocess_fundus(sample, clahe=clahe, green=green, normalize=normalize, fov_diameter=fov_diameter)
 
     def augment(
         self,
@@ -174,6 +175,7 @@ class FundusPlugin(DomainPlugin):
         brightness: float = 0.1,
         contrast: float = 0.1,
         crop_to_fov: bool = True,
+        crop: str = "fov",
     ) -> Transform:
         """A seeded :class:`~unimae.domains.fundus.augment.FundusTransform` (train: random; eval: letterbox)."""
         return FundusTransform(
@@ -185,6 +187,7 @@ class FundusPlugin(DomainPlugin):
             brightness=brightness,
             contrast=contrast,
             crop_to_fov=crop_to_fov,
+            crop=crop,
         )
 
     def synthetic(

@@ -50,18 +50,18 @@ def normalization_spec(normalize: str | Mapping[str, Any]) -> dict[str, Any]:
     """Resolve ``normalize`` (``"imagenet"``, ``"none"`` or a recorded ``meta['normalization']`` dict)."""
     if isinstance(normalize, Mapping):
         kind = normalize.get("kind")
-        if kind == "none":
-            return {"kind": "none"}
+        if kind in ("none", "image"):
+            return {"kind": kind}
         if kind != "meanstd":
-            raise InputError(f"normalization kind must be 'meanstd' or 'none', got {kind!r}")
+            raise InputError(f"normalization kind must be 'meanstd', 'image' or 'none', got {kind!r}")
         mean = [float(v) for v in normalize.get("mean", ())]
         std = [float(v) for v in normalize.get("std", ())]
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise InputError(f"normalization needs 3 means and 3 positive stds, got mean={mean} std={std}")
         return {"kind": "meanstd", "mean": mean, "std": std}
-    name = look_up(str(normalize), ("imagenet", "none"), what="fundus normalization")
-    if name == "none":
-        return {"kind": "none"}
+    name = look_up(str(normalize), ("imagenet", "image", "none"), what="fundus normalization")
+    if name in ("none", "image"):
+        return {"kind": name}
     return {"kind": "meanstd", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
@@ -104,6 +104,7 @@ def preprocess_fundus(
     normalize: str | Mapping[str, Any] = "imagenet",
     clahe_clip: float = 2.0,
     clahe_tiles: int = 8,
+    fov_diameter: int | None = None,
 ) -> Sample:
     """Bring a read fundus sample (RGB in [0, 1]) into model space.
 
@@ -114,8 +115,14 @@ def preprocess_fundus(
         green: green-channel emphasis weight in [0, 1]: every channel becomes
             ``(1 - green) * channel + green * G``; ``True`` = 1.0 (the green channel, replicated, as
             used for vessel segmentation). ``None``: as recorded in a ``normalize`` dict, else 0.
-        normalize: ``"imagenet"`` (RETFound-compatible mean/std), ``"none"`` (keep [0, 1]) or a
-            recorded ``meta["normalization"]`` dict (e.g. from a checkpoint) to replay.
+        normalize: ``"imagenet"`` (RETFound-compatible mean/std), ``"image"`` (each channel standardised
+            by its own mean and std inside the field of view: robust to another camera's colour balance
+            and exposure), ``"none"`` (keep [0, 1]) or a recorded ``meta["normalization"]`` dict (e.g.
+            from a checkpoint) to replay.
+        fov_diameter: resample the image (and ``valid``, and a mask) so that the field of view is this
+            many pixels across: photographs from cameras of other resolutions then show vessels at the
+            scale the model was trained at. Results go back to the source grid by the inverse resize
+            (``meta["fov_scale"]`` records the factor). ``None``: keep the source resolution.
         clahe_clip: CLAHE clip limit.
         clahe_tiles: CLAHE tiles per axis.
 
@@ -124,7 +131,7 @@ def preprocess_fundus(
         ``meta["normalization"]`` records what was applied.
     """
     current = sample.meta.get("normalization") or {}
-    if current.get("kind") in ("meanstd", "none"):
+    if current.get("kind") in ("meanstd", "image", "none"):
         raise InputError("sample is already preprocessed (meta['normalization'] is set); pass a read sample")
     image = sample.image
     if image.ndim != 3 or image.shape[0] != 3:
@@ -145,8 +152,17 @@ def preprocess_fundus(
     if not 0.0 <= green <= 1.0:
         raise InputError(f"green emphasis must be in [0, 1], got {green}")
 
+    if fov_diameter is None and isinstance(normalize, Mapping):
+        fov_diameter = normalize.get("fov_diameter")
+    meta = dict(sample.meta)
     valid = sample.valid.numpy().astype(bool)
     rgb = image.permute(1, 2, 0).numpy().astype(np.float32, copy=True)
+    mask = sample.mask
+    if fov_diameter is not None:
+        rgb, valid, mask, scale = _fov_resample(rgb, valid, mask, int(fov_diameter), sample.meta.get("path"))
+        meta["fov_scale"] = scale
+        meta["valid"] = torch.from_numpy(valid)
+        meta["spacing"] = tuple(float(v) / scale for v in meta.get("spacing", (1.0, 1.0)))
     if clahe:
         rgb = apply_clahe(rgb, valid, clip_limit=clahe_clip, tile_grid=clahe_tiles)
     if green > 0:
@@ -154,6 +170,11 @@ def preprocess_fundus(
     if spec["kind"] == "meanstd":
         rgb = (rgb - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
         record = dict(spec)
+    elif spec["kind"] == "image":
+        inside = rgb[valid] if valid.any() else rgb.reshape(-1, 3)
+        mean, std = inside.mean(0), inside.std(0)
+        rgb = (rgb - mean) / np.maximum(std, 1e-3)
+        record = {"kind": "image", "mean": [float(v) for v in mean], "std": [float(v) for v in np.maximum(std, 1e-3)]}
     else:
         record = {"kind": "none"}  # intensities stay in [0, 1]
     rgb[~valid] = 0.0
@@ -162,13 +183,36 @@ def preprocess_fundus(
         clahe={"clip_limit": float(clahe_clip), "tile_grid": int(clahe_tiles)} if clahe else None,
         green=green,
         outside_fov=0.0,
+        fov_diameter=None if fov_diameter is None else int(fov_diameter),
     )
-    meta = dict(sample.meta)
     meta["normalization"] = record
     if green >= 1.0:
         meta["channels"] = channel_list(["G", "G", "G"], [NOMINAL_WAVELENGTHS[1]] * 3)
     out = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    return sample.replace(image=out, meta=meta)
+    return sample.replace(image=out, meta=meta, mask=mask)
+
+
+def _fov_resample(
+    rgb: np.ndarray, valid: np.ndarray, mask: torch.Tensor | None, diameter: int, path: Any
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None, float]:
+    """Resize so the FOV's larger extent is ``diameter`` pixels; image area-averaged when shrinking."""
+    if diameter < 32:
+        raise InputError(f"fov_diameter must be at least 32 pixels, got {diameter}", path)
+    ys, xs = np.nonzero(valid)
+    extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) if len(ys) else max(valid.shape)
+    scale = diameter / float(extent)
+    if abs(scale - 1.0) < 1e-3:
+        return rgb, valid, mask, 1.0
+    h, w = valid.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2: (width, height)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    rgb = cv2.resize(rgb, size, interpolation=interp)
+    valid = cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    if mask is not None:
+        m = mask.numpy()
+        m = cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_NEAREST).astype(m.dtype)
+        mask = torch.from_numpy(m)
+    return rgb, valid, mask, scale
 
 
 def denormalize(image: torch.Tensor | np.ndarray, normalization: Mapping[str, Any] | None) -> np.ndarray:
@@ -176,6 +220,6 @@ def denormalize(image: torch.Tensor | np.ndarray, normalization: Mapping[str, An
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     arr = arr.astype(np.float32).transpose(1, 2, 0)
     norm = normalization or {}
-    if norm.get("kind") == "meanstd" and len(norm.get("mean", ())) == arr.shape[-1]:
+    if norm.get("kind") in ("meanstd", "image") and len(norm.get("mean", ())) == arr.shape[-1]:
         arr = arr * np.asarray(norm["std"], np.float32) + np.asarray(norm["mean"], np.float32)
     return np.clip(arr, 0.0, 1.0)
