@@ -273,7 +273,8 @@ def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
 
         def from_box(v, value, opacity=0.5, plane="axial", index=None, window="soft_tissue", center=40.0,
                      width=400.0, composite="natural"):  # fmt: skip
-            if v is None or value is None:
+            if v is None or value is None or (v.pred.threshold is not None and float(value) == float(v.pred.threshold)):
+                # nothing new (e.g. leaving the box after Enter): no second re-threshold racing a later scale move
                 return gr.update(), gr.update(), gr.update(), gr.update(), v, gr.update()
             out = panel.rethreshold(v, value, opacity, plane, index, window, center, width, composite)
             return (*out, panel.position_from_threshold(v, float(value)))

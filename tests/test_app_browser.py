@@ -291,6 +291,7 @@ def test_fundus_anomaly_threshold_in_the_browser(browser_app, tmp_path):
     scale.dispatch_event("mouseup")
     _wait_redrawn(page, "fundus_anomaly", before)
     page.wait_for_function("() => parseFloat(document.querySelector('#fundus_anomaly-threshold input').value) === 0")
+    summary.get_by_text("pixel threshold: 0", exact=True).wait_for()
     assert "flagged area: 0.0 %" not in summary.inner_text() and _bar_max(page, "fundus_anomaly") == top
     assert calibrated > 0
 
