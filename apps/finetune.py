@@ -1483,6 +1483,10 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
         )  # fmt: skip
         if band_names is not None:
             contract["data_channels"] = band_names
+        if data_cfg.get("bands") is not None and "bands" in _named_params(plugin.read):
+            # how the training files' bands were named (e.g. eurosat): prediction reads a file whose bands are
+            # only guessed from their count the same way (see Predictor.load)
+            contract["read"] = {"bands": data_cfg["bands"]}
         contract["modality"] = plugin.modality
         if encoder.spatial_dims == 2:  # predict at the scale the augmentation trained at (see the plugin recipe)
             contract["segment_mode"] = data_cfg.get("segment_mode") or plugin.recipes.get("finetune", {}).get(

@@ -473,6 +473,10 @@ class Predictor:
         else:
             self.check_input(source)
             src = self.plugin.read(source)
+            trained_read = dict(self.contract.get("read") or {})
+            if trained_read and src.meta.get("band_source") == "band_count":
+                # the file does not name its bands: read them as the training files were (e.g. EuroSAT order)
+                src = self.plugin.read(source, **trained_read)
             model_sample = self._preprocess(src)
         self.check_channels(model_sample)
         return src, model_sample
@@ -715,7 +719,12 @@ class Predictor:
         from unimae.domains.multispectral import GeoTiffReader
 
         self.check_input(source)
-        return GeoTiffReader(source)
+        reader = GeoTiffReader(source)
+        trained_read = dict(self.contract.get("read") or {})
+        if trained_read.get("bands") is not None and reader.bandset.source == "band_count":
+            reader.close()
+            reader = GeoTiffReader(source, bands=trained_read["bands"])  # as the training files were read
+        return reader
 
     def _scene_reader(self, reader: Any) -> Callable[[tuple[int, int, int, int]], Sample]:
         def read_window(win: tuple[int, int, int, int]) -> Sample:

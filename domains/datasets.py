@@ -65,6 +65,7 @@ import csv
 import difflib
 import hashlib
 import inspect
+import os
 import io
 import json
 import math
@@ -321,6 +322,10 @@ class LocalDataset(Dataset):
         self.root = None if root is None else Path(root)
         self.split = split
         self.load_kwargs = dict(load_kwargs or {})
+        # read + preprocessed samples kept in memory (small real datasets are re-read every epoch otherwise:
+        # decoding, FOV detection and resampling cost more than a training step); see cache_budget_bytes()
+        self._cache: dict[int, Sample] = {}
+        self._cache_bytes = 0
         self.split_source: str | None = None  # "column", "folders", "carved", "holdout", or None (taken whole)
         self.has_val = False
         self.columns: dict[str, str] = {}
@@ -368,6 +373,7 @@ class LocalDataset(Dataset):
     def subset(self, keep: Sequence[int]) -> LocalDataset:
         """Keep only the items at ``keep`` (in that order), in place; returns self."""
         keep = [int(i) for i in keep]
+        self._cache, self._cache_bytes = {}, 0  # indices change
         self.files = [self.files[i] for i in keep]
         for name in ("labels", "masks", "fovs", "groups"):
             seq = getattr(self, name)
@@ -419,20 +425,41 @@ class LocalDataset(Dataset):
         if not -n <= int(index) < n:
             raise IndexError(f"index {index} out of range for a dataset of {n}")
         index = int(index) % n
-        plugin = self.plugin
-        sample = self.read_source(index)
-        if self.masks is not None and self.masks[index] is not None:
-            sample.mask = plugin.read_mask(self.masks[index], like=sample)
-        sample = plugin.preprocess(sample, **kwargs_for(plugin.preprocess, self.load_kwargs))
-        label = self.label_tensor(index)
-        if label is not None:
-            sample.label = label
-        return sample
+        sample = self._cache.get(index)
+        if sample is None:
+            plugin = self.plugin
+            sample = self.read_source(index)
+            if self.masks is not None and self.masks[index] is not None:
+                sample.mask = plugin.read_mask(self.masks[index], like=sample)
+            sample = plugin.preprocess(sample, **kwargs_for(plugin.preprocess, self.load_kwargs))
+            size = _sample_bytes(sample)
+            if self._cache_bytes + size <= cache_budget_bytes():
+                self._cache[index] = sample
+                self._cache_bytes += size
+        # a fresh Sample (and meta dict) per call, so a caller's changes never reach the cache; the label is
+        # looked up each time (labels may be changed after the dataset is built)
+        return sample.replace(meta=dict(sample.meta), label=self.label_tensor(index))
 
     def plot(self, index: int | Sample, prediction: torch.Tensor | None = None, **kwargs: Any):
         """The plugin's figure for item ``index`` (or a :class:`Sample`), with ``prediction`` overlaid."""
         sample = index if isinstance(index, Sample) else self[index]
         return self.plugin.plot(sample, prediction, **kwargs)
+
+
+def cache_budget_bytes() -> int:
+    """Memory for cached samples per dataset: ``UNIMAE_DATA_CACHE_MB`` (default 2048; 0 turns caching off)."""
+    try:
+        return max(0, int(float(os.environ.get("UNIMAE_DATA_CACHE_MB", "2048")) * 2**20))
+    except ValueError:
+        return 2048 * 2**20
+
+
+def _sample_bytes(sample: Sample) -> int:
+    total = 0
+    for t in (sample.image, sample.mask, sample.meta.get("valid")):
+        if isinstance(t, torch.Tensor):
+            total += t.element_size() * t.nelement()
+    return total
 
 
 def _params(fn: Any) -> set[str]:

@@ -417,23 +417,26 @@ def test_real_eurosat_tiles_get_their_class(real_app, tmp_path):
     rows = _prefer_held_out(_rows("multispectral"), "path", _card("multispectral_classify"), "multispectral")
     picks: dict[str, dict] = {}
     for r in rows:  # one tile of each of four distinct classes
-        if r["class_name"] in ("Forest", "SeaLake", "Industrial", "AnnualCrop") and r["class_name"] not in picks:
+        if r["class_name"] not in picks:  # one held-out tile of each of the ten classes
             picks[r["class_name"]] = r
     _open(page, "multispectral", "classify")
     _card_shown(page, "multispectral_classify")
     wrong = []
     for cls, r in sorted(picks.items()):
+        _open(page, "multispectral", "classify")  # a fresh page per tile: no state of the previous one
         _upload(page, "multispectral", REAL / "multispectral" / r["path"])
         before = page.locator("#multispectral_classify-status").inner_text()
         page.locator("#multispectral_classify-run").click()
-        page.wait_for_function("(old) => { const s = document.querySelector('#multispectral_classify-status');"
-                               " return s && s.innerText !== old && s.innerText.includes('predicted:'); }", arg=before)
+        page.wait_for_function("([old, name]) => { const s = document.querySelector('#multispectral_classify-status');"
+                               " return s && s.innerText !== old && s.innerText.includes('predicted:')"
+                               " && s.innerText.includes(name); }", arg=[before, Path(r["path"]).name])  # fmt: skip
         got = _predicted(page, "multispectral_classify")
         if got != cls:
             wrong.append(f"{r['path']}: {got}")
         if cls == "Forest":
             _screenshot(page, tmp_path, "multispectral_real")
-    assert len(wrong) <= 1, f"EuroSAT tiles classified wrongly: {wrong}"
+    # chance is 1 in 10; the model's held-out accuracy is about 0.74 (benchmarks/real_data.py, fold 0)
+    assert len(picks) == 10 and len(wrong) <= 5, f"EuroSAT tiles classified wrongly: {wrong}"
 
 
 def _xray_films(n: int) -> dict[str, list[dict]]:
@@ -452,8 +455,9 @@ def test_real_xray_verdicts_of_normal_and_pneumonia_films(real_app, tmp_path):
     _open(page, "xray", "classify")
     _card_shown(page, "xray_classify")
     verdicts: dict[str, list[str]] = {"0": [], "1": []}
-    for label, films in _xray_films(3).items():
+    for label, films in _xray_films(8).items():
         for r in films:
+            _open(page, "xray", "classify")  # a fresh page per film: no state of the previous one
             _upload(page, "xray", REAL / "xray" / r["path"])
             before = page.locator("#xray_classify-status").inner_text()
             page.locator("#xray_classify-run").click()
@@ -465,7 +469,10 @@ def test_real_xray_verdicts_of_normal_and_pneumonia_films(real_app, tmp_path):
                 _screenshot(page, tmp_path, "xray_real")
     normal_ok = sum(v != pneumonia for v in verdicts["0"])
     pneumonia_ok = sum(v == pneumonia for v in verdicts["1"])
-    assert normal_ok >= 2 and pneumonia_ok >= 2, f"verdicts: normal films {verdicts['0']}, pneumonia films {verdicts['1']}"
+    # 8 held-out films per class (chance: 8 of 16 right); the model's held-out AUROC is about 0.84 and it leans
+    # to pneumonia at the 0.5 cut, so the check is on all 16 verdicts, and each class must be found at least once
+    assert normal_ok + pneumonia_ok >= 9 and min(normal_ok, pneumonia_ok) >= 2, (
+        f"verdicts: normal films {verdicts['0']}, pneumonia films {verdicts['1']}")
 
 
 def test_real_xray_anomaly_is_not_inverted(real_app, tmp_path):
@@ -476,17 +483,26 @@ def test_real_xray_anomaly_is_not_inverted(real_app, tmp_path):
     _open(page, "xray", "anomaly")
     _card_shown(page, "xray_anomaly")
     scores: dict[str, list[float]] = {"0": [], "1": []}
-    for label, films in _xray_films(3).items():
+    for label, films in _xray_films(8).items():
         for r in films:
+            _open(page, "xray", "anomaly")  # a fresh page per film: no state of the previous one
             _upload(page, "xray", REAL / "xray" / r["path"])
             before = page.locator("#xray_anomaly-status").inner_text()
+            summary_before = page.locator("#xray_anomaly-summary").inner_text()
             page.locator("#xray_anomaly-run").click()
             page.wait_for_function("([old, name]) => { const s = document.querySelector('#xray_anomaly-status');"
                                    " return s && s.innerText !== old && s.innerText.includes(name); }",
                                    arg=[before, Path(r["path"]).name])  # fmt: skip
+            page.locator("#xray_anomaly-summary").get_by_text("image score").wait_for()
+            page.wait_for_function("(old) => { const s = document.querySelector('#xray_anomaly-summary');"
+                                   " return s && s.innerText !== old; }", arg=summary_before)  # a fresh summary
             text = page.locator("#xray_anomaly-summary").inner_text()
-            scores[label].append(float(re.search(r"image score\s+([0-9.eE+-]+)", text).group(1)))
+            found = re.search(r"image score\s*([0-9.eE+-]+)", text)
+            assert found, f"no image score in the summary: {text!r}"
+            scores[label].append(float(found.group(1)))
             if label == "1" and len(scores[label]) == 1:
                 _screenshot(page, tmp_path, "xray_anomaly_real")
-    mean = {k: sum(v) / len(v) for k, v in scores.items()}
-    assert mean["1"] > mean["0"], f"pneumonia films scored lower than normal ones: {scores}"
+    # not inverted: over 8 x 8 held-out pairs, pneumonia films score higher than normal ones in most pairs (the
+    # model's held-out image AUROC is about 0.8; an inverted score would give about 0.2)
+    pairs = [(p > q) + 0.5 * (p == q) for p in scores["1"] for q in scores["0"]]
+    assert sum(pairs) / len(pairs) > 0.6, f"pneumonia films do not score above normal ones: {scores}"

@@ -209,8 +209,10 @@ def normal_val_scores(out: Path, domain: str, n: int, val_lesion_prob: float) ->
         ("fundus", ["train.max_steps=150", "train.val_every=50", "anomaly.top_fraction=0.2", "data.num_val_samples=64"]),
         # 4 px patches (256 tokens at 64 px) so a 2-4 px nodule is a patch, not a corner of one; the MAE trains at
         # 75% masking, closer to what the K=4 complementary masks hide at inference (25%)
+        # (no variance head: on these phantoms' focal nodules the plain error map detects better; the shipped real-film
+        # recipe's variance head and top-10 % score are for diffuse opacities)
         ("xray", ["model.patch_size=4", "model.mask_ratio=0.75", "data.num_samples=4000", "train.max_steps=300",
-                  "train.val_every=100", "train.lr=1e-3"]),  # fmt: skip
+                  "train.val_every=100", "train.lr=1e-3", "model.predict_variance=false", "anomaly.top_fraction=0.01"]),  # fmt: skip
     ],
 )
 def test_anomaly_auroc_beats_chance_and_thresholds_are_calibrated(domain: str, extra: list[str], tmp_path: Path) -> None:

@@ -1,0 +1,61 @@
+"""The real-data benchmark's folds and metrics (the training itself is benchmarks/real_data.py's job)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "real"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("real_data", ROOT / "benchmarks" / "real_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_folds_keep_groups_together_and_spread_classes():
+    bench = _bench()
+    rng = np.random.default_rng(0)
+    groups = [f"p{int(i)}" for i in rng.integers(0, 60, 200)]
+    labels = [int(g[1:]) % 2 for g in groups]  # a patient's images share a label
+    folds = bench.stratified_folds(labels, 5, seed=0, groups=groups)
+    for g in set(groups):
+        assert len({int(f) for f, gg in zip(folds, groups) if gg == g}) == 1, g
+    for f in range(5):
+        ys = [y for y, ff in zip(labels, folds) if ff == f]
+        assert 0.2 < np.mean(ys) < 0.8 and len(ys) > 20
+
+
+def test_auroc_and_dice():
+    bench = _bench()
+    assert bench.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert bench.auroc([1, 1, 1, 1], [False, True, False, True]) == pytest.approx(0.5)  # ties count half
+    assert bench.auroc([3, 2, 1], [True, False, False]) == pytest.approx(1.0)
+    pred = np.zeros((4, 4), int)
+    pred[1, :] = 1
+    truth = pred.copy()
+    truth[2, 0] = 1
+    fov = np.ones((4, 4), bool)
+    assert bench.dice(pred, truth, fov) == pytest.approx(2 * 4 / 9)
+    fov[2, :] = False  # outside the field of view does not count
+    assert bench.dice(pred, truth, fov) == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not (REAL / "xray" / "manifest.csv").is_file(), reason="../shared/real (real training data) is absent")
+def test_real_xray_folds_are_patient_disjoint():
+    bench = _bench()
+    with open(REAL / "xray" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    folds = bench.stratified_folds([int(r["label"]) for r in rows], 5, groups=[r["patient_id"] for r in rows])
+    by_patient: dict[str, set[int]] = {}
+    for r, f in zip(rows, folds):
+        by_patient.setdefault(r["patient_id"], set()).add(int(f))
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert sorted(set(folds.tolist())) == [0, 1, 2, 3, 4]
