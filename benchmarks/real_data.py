@@ -107,9 +107,11 @@ def dice(pred: np.ndarray, truth: np.ndarray, fov: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------
 # shared helpers
 # ------------------------------------------------------------------------------------------------
-def _quiet() -> contextlib.AbstractContextManager:
-    """Silence the trainer's own progress lines (the benchmark prints its own)."""
-    return contextlib.redirect_stderr(io.StringIO())
+@contextlib.contextmanager
+def _quiet():
+    """Silence the data builder's notes (UniMAE's run already printed them; stdout stays the benchmark's)."""
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
@@ -118,6 +120,28 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
         w.writerow(header)
         w.writerows(rows)
     return path
+
+
+def _split(rows: list[dict[str, str]], folds: np.ndarray, fold: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``(training rows, held-out rows)`` of one fold."""
+    return [r for r, f in zip(rows, folds) if f != fold], [r for r, f in zip(rows, folds) if f == fold]
+
+
+QUICK = ["train.epochs=null", "train.max_steps=4", "train.val_every=4"]  # --quick: a smoke run
+
+
+def reference_data(domain: str, task: str, ours: dict[str, Any]) -> Any:
+    """UniMAE's own training data for the reference (same items, crops and augmentation), without the
+    validation images UniMAE holds out: the reference trains on all of the fold's training images."""
+    from unimae.apps.finetune import build_finetune_data
+    from unimae.domains import get_domain
+
+    data_cfg = dict(ours["cfg"]["data"])
+    data_cfg.pop("val", None)
+    data_cfg["val_fraction"] = 0.0
+    with _quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_finetune_data(get_domain(domain), task, data_cfg, int(ours["cfg"].get("seed", 0)))
 
 
 def run_unimae(config: Path, overrides: Sequence[str], out_dir: Path) -> dict[str, Any]:
@@ -195,15 +219,12 @@ def classification_fold(
     import torch
     import torch.nn.functional as F
 
-    from unimae.apps.finetune import build_finetune_data
     from unimae.apps.predict import load_predictor
-    from unimae.domains import get_domain
 
     domain = "multispectral" if name == "multispectral" else "xray"
     config = ROOT / "configs" / domain / "classify.yaml"
     root = real / domain
-    train_rows = [r for r, f in zip(rows, folds) if f != fold]
-    test_rows = [r for r, f in zip(rows, folds) if f == fold]
+    train_rows, test_rows = _split(rows, folds, fold)
     header = ["image", "label"] + (["group"] if "patient_id" in rows[0] else [])
     train_csv = _write_csv(
         work / "train.csv", header,
@@ -211,7 +232,7 @@ def classification_fold(
     )  # fmt: skip
     overrides = [f"data.train={train_csv}"] + (["data.bands=eurosat"] if domain == "multispectral" else [])
     if quick:
-        overrides += ["train.epochs=null", "train.max_steps=4", "train.val_every=4"]
+        overrides += QUICK
     ours = run_unimae(config, overrides, work / "unimae")
     predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
     classes = list(predictor.class_names)
@@ -222,13 +243,7 @@ def classification_fold(
         return [p[c] for c in classes]
 
     # the reference: the same training items (same dataset object: same crops and augmentation)
-    plugin = get_domain(domain)
-    data_cfg = dict(ours["cfg"]["data"])
-    data_cfg.pop("val", None)
-    data_cfg["val_fraction"] = 0.0
-    with _quiet(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        data = build_finetune_data(plugin, "classify", data_cfg, int(ours["cfg"].get("seed", 0)))
+    data = reference_data(domain, "classify", ours)
     chans = int(data.train[0]["image"].shape[0])
     ref = timm.create_model("resnet18", pretrained=False, in_chans=chans, num_classes=len(classes))
     ref_index = {c: i for i, c in enumerate(data.class_names)}
@@ -287,29 +302,20 @@ def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, s
     from monai.losses import DiceCELoss
     from monai.networks.nets import BasicUNet
 
-    from unimae.apps.finetune import build_finetune_data
     from unimae.apps.predict import load_predictor
     from unimae.core.inference import sliding_window
-    from unimae.domains import get_domain
 
     root = real / "fundus"
     config = ROOT / "configs" / "fundus" / "segment.yaml"
-    train_rows = [r for r, f in zip(rows, folds) if f != fold]
-    test_rows = [r for r, f in zip(rows, folds) if f == fold]
+    train_rows, test_rows = _split(rows, folds, fold)
     train_csv = _write_csv(work / "train.csv", ["image", "mask"], [[root / r["image"], root / r["mask"]] for r in train_rows])
     overrides = [f"data.train={train_csv}"]
     if quick:
-        overrides += ["train.epochs=null", "train.max_steps=4", "train.val_every=4"]
+        overrides += QUICK
     ours = run_unimae(config, overrides, work / "unimae")
     predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
 
-    plugin = get_domain("fundus")
-    data_cfg = dict(ours["cfg"]["data"])
-    data_cfg.pop("val", None)
-    data_cfg["val_fraction"] = 0.0
-    with _quiet(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        data = build_finetune_data(plugin, "segment", data_cfg, int(ours["cfg"].get("seed", 0)))
+    data = reference_data("fundus", "segment", ours)
     ref = BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(32, 32, 64, 128, 256, 32))
     loss = DiceCELoss(to_onehot_y=True, softmax=True)
 
@@ -366,13 +372,12 @@ def xray_anomaly_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[
 
     root = real / "xray"
     config = ROOT / "configs" / "xray" / "anomaly.yaml"
-    train_rows = [r for r, f in zip(rows, folds) if f != fold]
-    test_rows = [r for r, f in zip(rows, folds) if f == fold]
+    train_rows, test_rows = _split(rows, folds, fold)
     train_csv = _write_csv(work / "train.csv", ["image", "label", "group"],
                            [[root / r["path"], r["class_name"], r["patient_id"]] for r in train_rows])  # fmt: skip
     overrides = [f"data.train={train_csv}", "data.normal_class=No_findings"]
     if quick:
-        overrides += ["train.epochs=null", "train.max_steps=4", "train.val_every=4"]
+        overrides += QUICK
     ours = run_unimae(config, overrides, work / "unimae")
     predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
     truth = [r["class_name"] != "No_findings" for r in test_rows]
