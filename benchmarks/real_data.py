@@ -453,6 +453,10 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
     tensors = {key: (v.half() if v.is_floating_point() else v).contiguous() for key, v in load_file(str(checkpoint) + ".safetensors").items()}
     meta = json.loads(Path(str(checkpoint) + ".json").read_text())
     meta.pop("run_config", None)
+    if isinstance(meta.get("config"), dict):  # no paths of this machine in a shipped file
+        meta["config"].setdefault("data", {})["train"] = (f"../shared/real/{'xray' if name.startswith('xray') else domain}"
+                                                          "/manifest.csv (the training folds of benchmarks/real_data.py)")
+        meta["config"]["out_dir"] = f"domains/{domain}/demo"
     for key in ("data_source", "val_source", "out_dir"):
         meta.pop(key, None)
     u, ref = result["unimae"]["metric"], result["reference"]["metric"]

@@ -138,7 +138,9 @@ def test_multispectral_land_cover_classes_beat_chance(tmp_path: Path) -> None:
                  "train.max_steps=50", "train.batch_size=16", "train.lr=2e-3", "train.val_every=25")  # fmt: skip
     meta = check_run(result, out, "multispectral", "classify")
     assert meta["multi_label"] is False and len(meta["class_names"]) == 5
-    assert meta["model_config"]["channel_mode"] == "spectral"
+    # the shipped recipe: 13 fixed bands selected and ordered by name (recorded for prediction)
+    assert meta["model_config"]["channel_mode"] == "fixed" and meta["model_config"]["in_chans"] == 13
+    assert meta["contract"]["preprocess"]["select_bands"][8] == "B8A"
     assert result["monitor"] == "val_balanced_accuracy"
     assert result["best_value"] > 0.2 + 0.25, result["metrics"]  # chance: 1/5
 
