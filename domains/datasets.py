@@ -436,9 +436,10 @@ class LocalDataset(Dataset):
             if self._cache_bytes + size <= cache_budget_bytes():
                 self._cache[index] = sample
                 self._cache_bytes += size
-        # a fresh Sample (and meta dict) per call, so a caller's changes never reach the cache; the label is
-        # looked up each time (labels may be changed after the dataset is built)
-        return sample.replace(meta=dict(sample.meta), label=self.label_tensor(index))
+        # a fresh Sample per call (image and mask copied, meta dict new), so what a caller changes never reaches
+        # the cache; the label is looked up each time (labels may be changed after the dataset is built)
+        return sample.replace(image=sample.image.clone(), mask=None if sample.mask is None else sample.mask.clone(),
+                              meta=dict(sample.meta), label=self.label_tensor(index))  # fmt: skip
 
     def plot(self, index: int | Sample, prediction: torch.Tensor | None = None, **kwargs: Any):
         """The plugin's figure for item ``index`` (or a :class:`Sample`), with ``prediction`` overlaid."""
