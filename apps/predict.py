@@ -1225,15 +1225,18 @@ def _stem(path: Path) -> str:
     return path.stem if path.is_file() or path.suffix else name
 
 
-def _looks_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
+def has_dicom_magic(path: Path) -> bool:
+    """The file carries DICOM's ``DICM`` preamble marker (at byte 128)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(128)
             return fh.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def _looks_dicom(path: Path) -> bool:
+    return path.suffix.lower() in (".dcm", ".dicom") or has_dicom_magic(path)
 
 
 def collect_inputs(inputs: str | Path, plugin: DomainPlugin) -> tuple[list[Path], list[Path]]:

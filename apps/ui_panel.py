@@ -291,22 +291,15 @@ def check_upload(path: str | Path | None, domain: str) -> str | None:
     plugin = get_domain(domain)
     if suffix in plugin.extensions:
         return None
-    if domain in ("ct", "xray") and _has_dicom_magic(path):
+    from unimae.apps.predict import has_dicom_magic  # torch is imported on use, as elsewhere here
+
+    if domain in ("ct", "xray") and has_dicom_magic(path):
         return None  # a DICOM file without an extension
     kinds = sorted({f"{_KINDS.get(e, e)} ({e})" for e in plugin.extensions})
     others = [_TAB_TITLES[d] for d in _TAB_TITLES if d != domain and suffix and suffix in get_domain(d).extensions]
     hint = f"; a {suffix} file belongs on the {' or '.join(others)} tab" if others else ""
     what = f"a {suffix} file" if suffix else "a file without an extension"
     return f"{name}: {what} is not something the {_TAB_TITLES[domain]} tab reads (it reads {', '.join(kinds)}){hint}"
-
-
-def _has_dicom_magic(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------------------------------------

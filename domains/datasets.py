@@ -73,7 +73,7 @@ import re
 import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -866,24 +866,33 @@ def _fov_dir(by_name: dict[str, Path], seg_dir: Path | None, img_dir: Path, plug
     return None
 
 
-def _match(folder: Path, images: Sequence[Path], suffixes: Sequence[str]) -> tuple[list[Path | None], list[str]]:
-    """Per image, the file of ``folder`` with its stem (or its stem + one of ``suffixes``)."""
-    candidates = [p for p in sorted(folder.iterdir()) if not _hidden(p) and p.is_file()]
+def _stem_matcher(candidates: Sequence[Path], suffixes: Sequence[str]) -> Callable[[Path], list[Path]]:
+    """``image -> the candidates matching it``: the same stem, else the stem plus one of ``suffixes``
+    (``_mask``, ``_manual1`` ...), else the image's stem without its own suffix (``_training``)."""
     by_stem: dict[str, list[Path]] = {}
     by_key: dict[str, list[Path]] = {}
     for m in candidates:
         by_stem.setdefault(_stem(m).lower(), []).append(m)
         by_key.setdefault(_strip(_stem(m), suffixes), []).append(m)
+
+    def find(img: Path) -> list[Path]:
+        stem = _stem(img).lower()
+        for table, k in ((by_stem, stem), (by_key, stem), (by_key, _strip(stem, IMAGE_SUFFIXES))):
+            if table.get(k):
+                return table[k]
+        return []
+
+    return find
+
+
+def _match(folder: Path, images: Sequence[Path], suffixes: Sequence[str]) -> tuple[list[Path | None], list[str]]:
+    """Per image, the file of ``folder`` with its stem (or its stem + one of ``suffixes``)."""
+    candidates = [p for p in sorted(folder.iterdir()) if not _hidden(p) and p.is_file()]
+    find = _stem_matcher(candidates, suffixes)
     out: list[Path | None] = []
     missing: list[str] = []
     for img in images:
-        stem = _stem(img).lower()
-        key = _strip(stem, IMAGE_SUFFIXES)
-        found: list[Path] = []
-        for table, k in ((by_stem, stem), (by_key, stem), (by_key, key)):
-            found = table.get(k, [])
-            if found:
-                break
+        found = find(img)
         out.append(found[0] if found else None)
         if not found:
             missing.append(img.name)
@@ -918,22 +927,12 @@ def _from_segmentation(plugin: DomainPlugin, root: Path, img_dir: Path, seg_dir:
     images = _list_images(img_dir, plugin, recurse=False)
     _require(images, img_dir, plugin)
     candidates = [p for p in sorted(seg_dir.iterdir()) if not _hidden(p) and (p.is_file() or _is_image(p, plugin))]
-    by_stem: dict[str, list[Path]] = {}
-    by_key: dict[str, list[Path]] = {}
-    for m in candidates:
-        by_stem.setdefault(_stem(m).lower(), []).append(m)
-        by_key.setdefault(_strip(_stem(m), MASK_SUFFIXES), []).append(m)
+    find = _stem_matcher(candidates, MASK_SUFFIXES)
 
     masks: list[Path] = []
     missing: list[str] = []
     for img in images:
-        stem = _stem(img).lower()
-        key = _strip(stem, IMAGE_SUFFIXES)
-        found: list[Path] = []
-        for table, k in ((by_stem, stem), (by_key, stem), (by_key, key)):
-            found = table.get(k, [])
-            if found:
-                break
+        found = find(img)
         if not found:
             missing.append(img.name)
             continue
