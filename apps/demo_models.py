@@ -139,7 +139,7 @@ def shipped_models(root: str | Path | None = None) -> tuple[dict[str, Path], lis
     :data:`DEMO_TASKS`. One that cannot be used (no weights, unreadable JSON, another domain or task than its place
     says, a model card lacking a key) is left out with a one-line reason: its panel keeps a synthetic-data model.
     """
-    from unimae.core.checkpoint import FORMAT, read_checkpoint_meta
+    from unimae.core.checkpoint_io import FORMAT, read_checkpoint_meta
     from unimae.core.inference import parse_task_metadata
 
     base = Path(root).expanduser() if root is not None else shipped_root()

@@ -49,7 +49,7 @@ import torch
 
 from unimae.apps.commands import DEFAULT_SYNTHETIC_SAMPLES, EVAL_SEED, add_evaluate_parser  # noqa: F401 (re-exported)
 from unimae.core import metrics as M
-from unimae.core.checkpoint import checkpoint_paths, read_checkpoint_meta
+from unimae.core.checkpoint_io import checkpoint_paths, read_checkpoint_meta
 from unimae.core.errors import InputError
 from unimae.core.fileio import atomic_path
 from unimae.domains.base import DomainPlugin, Sample

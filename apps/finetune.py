@@ -102,11 +102,12 @@ from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path
 from unimae.core.inference import make_contract, task_metadata
 from unimae.core.mae import MaskedAutoencoder
-from unimae.core.models import MAEClassifier, MAESegmenter, encoder_args, load_encoder_from_mae
+from unimae.core.model_config import build_configured, model_keys, resolve_model_args
+from unimae.core.model_config import init_architecture as core_init_architecture
+from unimae.core.models import MAEClassifier, MAESegmenter, load_encoder_from_mae
 from unimae.core.optim import param_groups_layer_decay, param_groups_weight_decay
 from unimae.core.patch_embed import to_tuple
 from unimae.core.precision import autocast
-from unimae.core.presets import model_preset
 from unimae.domains.base import DomainPlugin, Sample, kwargs_for
 
 __all__ = [
@@ -357,9 +358,8 @@ def _named_params(fn: Callable) -> list[str]:
 
 
 def finetune_model_keys(task: str) -> list[str]:
-    """``preset`` plus the constructor arguments of the task's model class."""
-    params = inspect.signature(MODEL_CLASSES[task].__init__).parameters
-    return ["preset", *(n for n in params if n != "self")]
+    """``preset`` plus the constructor arguments of the task's model class (the encoder's fields included)."""
+    return model_keys(MODEL_CLASSES[task])
 
 
 def finetune_data_keys(plugin: DomainPlugin) -> list[str]:
@@ -771,20 +771,13 @@ def resolve_init(value: Any) -> InitSource:
     raise InputError("init checkpoint not found (give a UniMAE checkpoint, a weights file, or init=none)", p)
 
 
-_ARCH_KEYS = ("spatial_dims", "in_chans", "channel_mode", "channels", "patch_size", "embed_dim", "depth",
-              "num_heads", "mlp_ratio", "spectral_dim", "class_token", "stem", "stem_width")  # fmt: skip
-
-
 def init_architecture(init: InitSource, task: str) -> dict[str, Any]:
-    """The constructor arguments a UniMAE init checkpoint fixes (the encoder's; for anomaly the whole MAE)."""
+    """The constructor arguments a UniMAE init checkpoint fixes (the encoder's; for anomaly the whole MAE):
+    :func:`unimae.core.model_config.init_architecture`."""
     if init.kind != "unimae":
         return {}
-    cfg = dict(init.meta.get("model_config") or {})
-    if task == "anomaly" and init.meta.get("model_class") == "MaskedAutoencoder":
-        # training choices stay the config's: the masking ratio, and whether to add a variance head
-        return {k: v for k, v in cfg.items() if k not in ("drop_path_rate", "mask_ratio", "predict_variance")}
-    arch = encoder_args(cfg)
-    return {k: v for k, v in arch.items() if k in _ARCH_KEYS}
+    whole = task == "anomaly" and init.meta.get("model_class") == "MaskedAutoencoder"
+    return core_init_architecture(init.meta, whole=whole)
 
 
 def load_init(model: nn.Module, init: InitSource, *, task: str, allow_pickle: bool = False) -> dict[str, Any]:
@@ -867,60 +860,27 @@ def build_task_model(
     arch: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, list[str]]:
     """The task's model from the ``model`` section (``preset`` expanded first, explicit keys win, then
-    the init checkpoint's architecture ``arch`` wins). Returns the model and notes about overridden keys."""
+    the init checkpoint's architecture ``arch`` wins: :func:`~unimae.core.model_config.resolve_model_args`,
+    shared with pretraining). Returns the model and notes about overridden keys."""
     cls = MODEL_CLASSES[task]
     m = dict(model_cfg)
-    preset = m.pop("preset", None)
-    params = set(finetune_model_keys(task)) - {"preset"}
-    kwargs: dict[str, Any] = {k: v for k, v in (model_preset(preset) if preset else {}).items() if k in params}
-    kwargs.update(m)
-    kwargs["channels"] = _resolve_channels(plugin, kwargs.get("channels"))
-    notes: list[str] = []
-    if arch:
-        changed = [k for k, v in arch.items() if k in kwargs and k != "channels" and kwargs[k] != v]
-        if changed:
-            notes.append(
-                "architecture from the init checkpoint: " + ", ".join(f"{k}={arch[k]!r} (config {kwargs[k]!r})" for k in changed)
-            )
-        kwargs.update({k: v for k, v in arch.items() if k in params and (k != "channels" or v)})
+    fixed: dict[str, Any] = {}
     if task != "anomaly":
-        given = kwargs.get("num_classes")
+        given = m.get("num_classes")
         if given is not None and int(given) != num_classes:
             raise InputError(f"model.num_classes is {given} but the data have {num_classes} classes")
-        kwargs["num_classes"] = int(num_classes)
+        fixed["num_classes"] = int(num_classes)
     if task == "classify":
         if "multi_label" in m and bool(m["multi_label"]) != bool(multi_label):
             kind = "several labels per image" if multi_label else "one label per image"
             raise InputError(f"model.multi_label is {m['multi_label']} but the training data have {kind}")
-        kwargs["multi_label"] = bool(multi_label)
-    dims = kwargs.setdefault("spatial_dims", plugin.spatial_dims)
-    if dims != plugin.spatial_dims:
-        raise InputError(f"model.spatial_dims is {dims} but {plugin.name} data are {plugin.spatial_dims}D")
-    names = [str(c["name"]) for c in data_channels] if data_channels else None
-    channels = kwargs.get("channels")
-    if kwargs.get("channel_mode", "fixed") == "spectral":
-        channels = channels or ([dict(c) for c in data_channels] if data_channels else None)
-        if not channels:
-            raise InputError("model.channel_mode=spectral needs model.channels (a band preset or a list)")
-        known = {c["name"] for c in channels}
-        missing = [n for n in names or [] if n not in known]
-        if missing:
-            raise InputError(f"the data have bands {missing} that the model does not know ({sorted(known)})")
-        kwargs["in_chans"] = len(channels)
-    else:
-        chans = kwargs.setdefault("in_chans", data_chans)
-        if chans != data_chans:
-            src = "the init checkpoint's model takes" if arch and "in_chans" in arch else "model.in_chans is"
-            raise InputError(f"{src} {chans} channel(s) but the {plugin.name} data have {data_chans}")
-        if channels is None and data_channels and len(data_channels) == chans:
-            channels = [{"name": str(c["name"]), "wavelength": c.get("wavelength")} for c in data_channels]
-    kwargs["channels"] = channels
-    try:
-        return cls(**kwargs), notes
-    except InputError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise InputError(f"model: {err}") from None
+        fixed["multi_label"] = bool(multi_label)
+    kwargs, notes = resolve_model_args(
+        cls, m, domain=plugin.name, spatial_dims=plugin.spatial_dims, data_channels=data_channels,
+        data_chans=data_chans, resolve_channels=lambda value: _resolve_channels(plugin, value), arch=arch,
+    )  # fmt: skip
+    kwargs.update(fixed)
+    return build_configured(cls, kwargs), notes
 
 
 def _no_weight_decay(model: nn.Module) -> set[str]:

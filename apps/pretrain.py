@@ -30,7 +30,8 @@ from unimae.core.config import check_keys
 from unimae.core.engine import TrainConfig, Trainer, seed_everything
 from unimae.core.errors import InputError
 from unimae.core.mae import MaskedAutoencoder
-from unimae.core.presets import model_preset
+from unimae.core.model_config import build_configured, resolve_model_args
+from unimae.core.model_config import model_keys as model_arg_keys
 
 __all__ = ["DATA_KEYS", "model_keys", "data_keys", "resolve_channels", "build_datasets", "build_model", "pretrain"]
 
@@ -43,9 +44,8 @@ _PROTOCOL_ARGS = {"self", "train", "input_size", "n", "seed", "size", "path", "s
 
 
 def model_keys() -> list[str]:
-    """``preset`` plus every :class:`MaskedAutoencoder` constructor argument."""
-    params = inspect.signature(MaskedAutoencoder.__init__).parameters
-    return ["preset", *(n for n in params if n != "self")]
+    """``preset`` plus every :class:`MaskedAutoencoder` constructor argument (the encoder's fields included)."""
+    return model_arg_keys(MaskedAutoencoder)
 
 
 def _named_params(fn: Callable) -> list[str]:
@@ -133,38 +133,13 @@ def _first_sample(dataset: Dataset) -> tuple[Any, dict[str, Any]]:
 def build_model(
     model: Mapping[str, Any], plugin: Any, *, data_channels: Sequence[Mapping[str, Any]] | None, data_chans: int
 ) -> MaskedAutoencoder:
-    """A :class:`MaskedAutoencoder` from the ``model`` section, checked against the data's channels."""
-    m = dict(model)
-    preset = m.pop("preset", "base")
-    channels = resolve_channels(plugin, m.pop("channels", None))
-    kwargs = model_preset(preset) if preset else {}
-    kwargs.update(m)
-    dims = kwargs.setdefault("spatial_dims", plugin.spatial_dims)
-    if dims != plugin.spatial_dims:
-        raise InputError(f"model.spatial_dims is {dims} but {plugin.name} data is {plugin.spatial_dims}D")
-    names = [str(c["name"]) for c in data_channels] if data_channels else None
-    if kwargs.get("channel_mode", "fixed") == "spectral":
-        channels = channels or ([dict(c) for c in data_channels] if data_channels else None)
-        if not channels:
-            raise InputError("model.channel_mode=spectral needs model.channels (a band preset or a list)")
-        known = {c["name"] for c in channels}
-        missing = [n for n in names or [] if n not in known]
-        if missing:
-            raise InputError(f"the data has bands {missing} that model.channels does not list ({sorted(known)})")
-        kwargs["in_chans"] = len(channels)
-    else:
-        chans = kwargs.setdefault("in_chans", data_chans)
-        if chans != data_chans:
-            raise InputError(f"model.in_chans is {chans} but the {plugin.name} data has {data_chans} channel(s)")
-        if channels is None and data_channels and len(data_channels) == chans:
-            channels = [{"name": str(c["name"]), "wavelength": c.get("wavelength")} for c in data_channels]
-    kwargs["channels"] = channels
-    try:
-        return MaskedAutoencoder(**kwargs)
-    except InputError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise InputError(f"model: {err}") from None
+    """A :class:`MaskedAutoencoder` from the ``model`` section (preset ``base`` unless named), checked against
+    the data's channels (:func:`~unimae.core.model_config.resolve_model_args`, shared with fine-tuning)."""
+    kwargs, _ = resolve_model_args(
+        MaskedAutoencoder, model, domain=plugin.name, spatial_dims=plugin.spatial_dims, data_channels=data_channels,
+        data_chans=data_chans, resolve_channels=lambda value: resolve_channels(plugin, value), default_preset="base",
+    )  # fmt: skip
+    return build_configured(MaskedAutoencoder, kwargs)
 
 
 def pretrain(

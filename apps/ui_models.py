@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unimae.core.checkpoint import FORMAT, checkpoint_paths, read_checkpoint_meta
+from unimae.core.checkpoint_io import FORMAT, checkpoint_paths, read_checkpoint_meta
 from unimae.core.errors import InputError
 from unimae.core.inference import parse_task_metadata
 

@@ -80,8 +80,10 @@ def describe_model(checkpoint: Path, key: str) -> dict:
     """What served the requests: from the checkpoint's JSON and the tensor shapes in its safetensors header."""
     import struct
 
+    from unimae.core.checkpoint_io import model_arguments
+
     meta = json.loads(checkpoint.read_text())
-    cfg, contract = meta.get("model_config") or {}, meta.get("contract") or {}
+    cfg, contract = model_arguments(meta), meta.get("contract") or {}
     with open(checkpoint.with_suffix(".safetensors"), "rb") as f:
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
     params = sum(eval_shape(v["shape"]) for k, v in header.items() if k != "__metadata__")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,16 +10,13 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from unimae.core.conv_stem import ConvStem
-from unimae.core.errors import InputError, check_finite, look_up
+from unimae.core.encoder_config import CHANNEL_MODES, STEMS, EncoderConfig
+from unimae.core.errors import InputError, check_finite
 from unimae.core.masking import MaskSpec
 from unimae.core.patch_embed import PatchEmbed, SpectralPatchEmbed, pad_to_patch, patchify, to_tuple, unpatchify
 from unimae.core.pos_embed import sincos_pos_embed
 
-__all__ = ["ViTEncoder", "build_blocks", "key_padding_mask"]
-
-CHANNEL_MODES = ("fixed", "spectral")
-STEMS = ("patch", "conv")
-
+__all__ = ["ViTEncoder", "EncoderConfig", "build_blocks", "key_padding_mask", "CHANNEL_MODES", "STEMS"]
 
 def build_blocks(
     dim: int,
@@ -63,72 +60,53 @@ class ViTEncoder(nn.Module):
     padding is marked invalid).
 
     Args:
-        spatial_dims: 2 (images) or 3 (volumes).
-        in_chans: input channels for ``channel_mode="fixed"``.
-        channel_mode: ``"fixed"`` (a conv over ``in_chans``) or ``"spectral"`` (wavelength-conditioned).
-        channels: the known bands ``[{"name", "wavelength"}]`` (required for spectral, recorded otherwise).
-        patch_size: patch edge length or per-axis sizes.
-        embed_dim, depth, num_heads, mlp_ratio: transformer size (see ``MODEL_PRESETS``).
-        drop_path_rate: stochastic depth at the last block.
-        spectral_dim: width of the shared spectral space (spectral mode).
-        class_token: prepend a learned class token.
-        stem: ``"patch"`` (one linear map per patch, ViT/MAE) or ``"conv"`` (a hybrid encoder: stride-2
-            convolution stages before the transformer, see :class:`~unimae.core.conv_stem.ConvStem`;
-            the default of the shipped fine-tuning recipes, which train on small data).
-        stem_width: channels of the conv stem's first stage (doubled per stage).
-        norm_layer, act_layer: layer classes passed to timm's ``Block``.
+        config: the :class:`~unimae.core.encoder_config.EncoderConfig` (or its dict); its fields may
+            also be given as keyword arguments, which override ``config``'s.
+        norm_layer, act_layer: layer classes passed to timm's ``Block`` (not part of the config: they
+            are code, not data a checkpoint could record).
+
+    The config's ``stem="conv"`` makes a hybrid encoder: stride-2 convolution stages before the
+    transformer (:class:`~unimae.core.conv_stem.ConvStem`), the default of the shipped fine-tuning
+    recipes, which train on small data.
     """
 
     def __init__(
         self,
-        spatial_dims: int = 2,
-        in_chans: int = 3,
-        channel_mode: str = "fixed",
-        channels: Sequence[dict] | None = None,
-        patch_size: int | Sequence[int] = 16,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.0,
-        spectral_dim: int = 32,
-        class_token: bool = True,
-        stem: str = "patch",
-        stem_width: int = 32,
+        config: EncoderConfig | Mapping[str, Any] | None = None,
+        /,
+        *,
         norm_layer: type[nn.Module] = nn.LayerNorm,
         act_layer: type[nn.Module] = nn.GELU,
+        **fields: Any,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        look_up(channel_mode, CHANNEL_MODES, what="channel_mode")
-        self.stem = look_up(stem, STEMS, what="stem")
+        cfg = EncoderConfig.from_args(config, owner=type(self).__name__, **fields)
+        self.encoder_config = cfg
+        self.stem = cfg.stem
         linear = self.stem == "patch"
-        self.spatial_dims = int(spatial_dims)
-        self.channel_mode = channel_mode
-        self.patch_size = to_tuple(patch_size, self.spatial_dims)
-        self.embed_dim = int(embed_dim)
-        self.depth = int(depth)
-        if channel_mode == "spectral":
-            if not channels:
-                raise ValueError("channel_mode='spectral' needs the known `channels` (names and wavelengths)")
+        self.spatial_dims = cfg.spatial_dims
+        self.channel_mode = cfg.channel_mode
+        self.patch_size = to_tuple(cfg.patch_size, self.spatial_dims)
+        self.embed_dim = cfg.embed_dim
+        self.depth = cfg.depth
+        embed_dim, channels = cfg.embed_dim, cfg.channels
+        if cfg.channel_mode == "spectral":
             self.patch_embed: nn.Module = SpectralPatchEmbed(
-                channels, embed_dim, self.patch_size, self.spatial_dims, spectral_dim=spectral_dim, project=linear
+                channels, embed_dim, self.patch_size, self.spatial_dims, spectral_dim=cfg.spectral_dim, project=linear
             )
             self.channels = list(self.patch_embed.channels)
             self.in_chans = len(self.channels)
         else:
+            in_chans = cfg.in_chans
             self.patch_embed = PatchEmbed(in_chans, embed_dim, self.patch_size, self.spatial_dims, project=linear)
-            self.channels = list(channels) if channels else [{"name": f"ch{i}", "wavelength": None} for i in range(in_chans)]
-            if len(self.channels) != in_chans:
-                raise ValueError(f"{len(self.channels)} channel descriptions for in_chans={in_chans}")
-            self.in_chans = int(in_chans)
+            self.channels = [dict(c) for c in channels] if channels else [{"name": f"ch{i}", "wavelength": None} for i in range(in_chans)]
+            self.in_chans = in_chans
         self.conv_stem: ConvStem | None = None
         if not linear:
-            stem_in = spectral_dim if channel_mode == "spectral" else self.in_chans
-            self.conv_stem = ConvStem(stem_in, embed_dim, self.patch_size, self.spatial_dims, width=stem_width)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.blocks = build_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate, norm_layer, act_layer)
+            stem_in = cfg.spectral_dim if cfg.channel_mode == "spectral" else self.in_chans
+            self.conv_stem = ConvStem(stem_in, embed_dim, self.patch_size, self.spatial_dims, width=cfg.stem_width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cfg.class_token else None
+        self.blocks = build_blocks(embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.drop_path_rate, norm_layer, act_layer)
         self.norm = norm_layer(embed_dim)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)

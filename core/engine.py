@@ -55,7 +55,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from unimae.core import distributed as du
-from unimae.core.checkpoint import load_tensors, read_checkpoint_meta, save_checkpoint, save_tensors
+from unimae.core.checkpoint_io import load_tensors, read_checkpoint_meta, save_checkpoint, save_tensors
 from unimae.core.config import check_keys, dump_config
 from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path

@@ -9,13 +9,14 @@ The loss lives in :mod:`unimae.core.losses`, not in ``forward``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from unimae.core.encoder import ViTEncoder, _init_weights, build_blocks
+from unimae.core.encoder_config import EncoderConfig, EncoderModel
 from unimae.core.errors import look_up
 from unimae.core.masking import (
     MaskSpec,
@@ -26,20 +27,22 @@ from unimae.core.masking import (
 )
 from unimae.core.patch_embed import patchify, unpatchify
 from unimae.core.pos_embed import sincos_pos_embed
-from unimae.core.presets import model_preset
+from unimae.core.presets import expand_preset
 
 __all__ = ["MaskedAutoencoder", "build_mae", "sobel_magnitude", "reconstruct_image", "MASKING_MODES"]
 
 MASKING_MODES = ("random", "channel_patch")
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(EncoderModel, nn.Module):
     """MAE over 2D images or 3D volumes with fixed or spectral channels.
 
     Args:
-        spatial_dims, in_chans, channel_mode, channels, patch_size, embed_dim, depth, num_heads,
-            mlp_ratio, drop_path_rate, spectral_dim, stem, stem_width: the encoder (see :class:`ViTEncoder`).
-        decoder_dim, decoder_depth, decoder_heads: the light decoder.
+        encoder: the :class:`~unimae.core.encoder_config.EncoderConfig` (or its dict); its fields
+            (``spatial_dims``, ``in_chans``, ``channel_mode``, ``channels``, ``patch_size``, ``embed_dim``,
+            ``depth``, ``num_heads``, ``mlp_ratio``, ``drop_path_rate``, ``spectral_dim``, ``class_token``,
+            ``stem``, ``stem_width``) may also be given as keyword arguments, which win.
+        decoder_dim, decoder_depth, decoder_heads: the light decoder (its MLP ratio is the encoder's).
         mask_ratio: fraction of (valid) patches hidden from the encoder.
         masking: ``"random"`` (patches) or ``"channel_patch"`` (patches and whole channels, ChA-MAEViT).
         channel_mask_ratio: fraction of channels hidden per sample with ``"channel_patch"``.
@@ -54,17 +57,8 @@ class MaskedAutoencoder(nn.Module):
 
     def __init__(
         self,
-        spatial_dims: int = 2,
-        in_chans: int = 3,
-        channel_mode: str = "fixed",
-        channels: Sequence[dict] | None = None,
-        patch_size: int | Sequence[int] = 16,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.0,
-        spectral_dim: int = 32,
+        *,
+        encoder: EncoderConfig | Mapping[str, Any] | None = None,
         decoder_dim: int = 512,
         decoder_depth: int = 8,
         decoder_heads: int = 16,
@@ -75,31 +69,20 @@ class MaskedAutoencoder(nn.Module):
         gradient_branch: bool = False,
         gradient_depth: int = 1,
         predict_variance: bool = False,
-        stem: str = "patch",
-        stem_width: int = 32,
+        **encoder_fields: Any,
     ) -> None:
         super().__init__()
         look_up(masking, MASKING_MODES, what="masking")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.config["patch_size"] = list(patch_size) if not isinstance(patch_size, int) else patch_size
-        self.config["channels"] = None if channels is None else [dict(c) for c in channels]
-        self.encoder = ViTEncoder(
-            spatial_dims=spatial_dims,
-            in_chans=in_chans,
-            channel_mode=channel_mode,
-            channels=channels,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            drop_path_rate=drop_path_rate,
-            spectral_dim=spectral_dim,
-            stem=stem,
-            stem_width=stem_width,
-        )
+        self.model_args = {
+            "decoder_dim": decoder_dim, "decoder_depth": decoder_depth, "decoder_heads": decoder_heads,
+            "mask_ratio": mask_ratio, "masking": masking, "channel_mask_ratio": channel_mask_ratio,
+            "min_valid_fraction": min_valid_fraction, "gradient_branch": gradient_branch,
+            "gradient_depth": gradient_depth, "predict_variance": predict_variance,
+        }  # fmt: skip
+        self.encoder = ViTEncoder(EncoderConfig.from_args(encoder, owner=type(self).__name__, **encoder_fields))
+        embed_dim, mlp_ratio = self.encoder.embed_dim, self.encoder_config.mlp_ratio
         self.mask_ratio = float(mask_ratio)
         self.masking = masking
         self.channel_mask_ratio = float(channel_mask_ratio)
@@ -242,9 +225,7 @@ class MaskedAutoencoder(nn.Module):
 
 def build_mae(preset: str | None = "base", **kwargs: Any) -> MaskedAutoencoder:
     """Build a :class:`MaskedAutoencoder` from a size preset plus constructor overrides."""
-    args = model_preset(preset) if preset else {}
-    args.update(kwargs)
-    return MaskedAutoencoder(**args)
+    return MaskedAutoencoder(**expand_preset({"preset": preset, **kwargs}))
 
 
 def _sobel_kernel(nd: int) -> torch.Tensor:

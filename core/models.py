@@ -1,46 +1,33 @@
 """Fine-tuning models: the UniMAE encoder with a classification or segmentation head.
 
-Both take the encoder's constructor arguments directly (so a pretraining config maps onto them) and
-keep them in ``self.config`` for checkpoints. :func:`encoder_args` extracts those arguments from a
-:class:`~unimae.core.mae.MaskedAutoencoder` config, and :func:`load_encoder_from_mae` copies weights.
+Both take an :class:`~unimae.core.encoder_config.EncoderConfig` (``encoder=``) or its fields as keyword
+arguments (so a pretraining config and a schema-1 checkpoint's flat ``model_config`` map onto them), with
+the fine-tuning defaults :data:`~unimae.core.encoder_config.FINETUNE_DEFAULTS`. :func:`load_encoder_from_mae`
+copies an MAE's encoder weights into them.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from unimae.core.checkpoint import register_model_class
 from unimae.core.encoder import ViTEncoder
+from unimae.core.encoder_config import FINETUNE_DEFAULTS, EncoderConfig, EncoderModel, encoder_args
 from unimae.core.heads import ClassificationHead, SegmentationDecoder, default_feature_layers, tokens_to_grid
 from unimae.core.masking import token_validity
 from unimae.core.patch_embed import pad_to_patch
 
 __all__ = ["MAEClassifier", "MAESegmenter", "encoder_args", "load_encoder_from_mae"]
 
-_ENCODER_ARGS = [p for p in inspect.signature(ViTEncoder.__init__).parameters if p not in ("self", "norm_layer", "act_layer")]
+
+def _finetune_encoder(owner: str, encoder: EncoderConfig | Mapping[str, Any] | None, fields: dict[str, Any]) -> ViTEncoder:
+    return ViTEncoder(EncoderConfig.from_args(encoder, defaults=FINETUNE_DEFAULTS, owner=owner, **fields))
 
 
-def encoder_args(config: dict[str, Any]) -> dict[str, Any]:
-    """The :class:`ViTEncoder` constructor arguments contained in a model config dict."""
-    return {k: config[k] for k in _ENCODER_ARGS if k in config}
-
-
-def _capture(local: dict[str, Any]) -> dict[str, Any]:
-    cfg = {k: v for k, v in local.items() if k not in ("self", "__class__")}
-    if cfg.get("channels") is not None:
-        cfg["channels"] = [dict(c) for c in cfg["channels"]]
-    if not isinstance(cfg.get("patch_size", 16), int):
-        cfg["patch_size"] = list(cfg["patch_size"])
-    return cfg
-
-
-@register_model_class
-class MAEClassifier(nn.Module):
+class MAEClassifier(EncoderModel, nn.Module):
     """Encoder + pooled linear head. ``multi_label`` only records how logits are meant (sigmoid vs softmax).
 
     Args:
@@ -48,7 +35,8 @@ class MAEClassifier(nn.Module):
         multi_label: logits are independent sigmoids (BCE) instead of a softmax (CE).
         pool: ``"avg"`` or ``"cls"``.
         head_dropout: dropout before the linear layer.
-        Remaining arguments: the encoder's (see :class:`ViTEncoder`).
+        encoder: the :class:`~unimae.core.encoder_config.EncoderConfig` (or its dict).
+        Remaining keyword arguments: encoder fields, over ``encoder``'s.
     """
 
     def __init__(
@@ -57,25 +45,15 @@ class MAEClassifier(nn.Module):
         multi_label: bool = False,
         pool: str = "avg",
         head_dropout: float = 0.0,
-        spatial_dims: int = 2,
-        in_chans: int = 3,
-        channel_mode: str = "fixed",
-        channels: Sequence[dict] | None = None,
-        patch_size: int | Sequence[int] = 16,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.1,
-        spectral_dim: int = 32,
-        class_token: bool = True,
-        stem: str = "patch",
-        stem_width: int = 32,
+        *,
+        encoder: EncoderConfig | Mapping[str, Any] | None = None,
+        **encoder_fields: Any,
     ) -> None:
         super().__init__()
-        self.config = _capture(locals())
-        self.encoder = ViTEncoder(**encoder_args(self.config))
-        self.head = ClassificationHead(embed_dim, num_classes, pool, head_dropout)
+        self.model_args = {"num_classes": num_classes, "multi_label": multi_label, "pool": pool,
+                           "head_dropout": head_dropout}  # fmt: skip
+        self.encoder = _finetune_encoder(type(self).__name__, encoder, encoder_fields)
+        self.head = ClassificationHead(self.encoder.embed_dim, num_classes, pool, head_dropout)
         self.multi_label = bool(multi_label)
 
     def forward(
@@ -92,8 +70,7 @@ class MAEClassifier(nn.Module):
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
 
-@register_model_class
-class MAESegmenter(nn.Module):
+class MAESegmenter(EncoderModel, nn.Module):
     """Encoder + hierarchical conv decoder with a full-resolution path (2D or 3D).
 
     Args:
@@ -101,7 +78,8 @@ class MAESegmenter(nn.Module):
         feature_size: decoder stem width (see :class:`SegmentationDecoder`).
         num_features: encoder depths fed to the decoder.
         feature_layers: explicit 1-based block indices (default: evenly spaced, ending at the last block).
-        Remaining arguments: the encoder's (see :class:`ViTEncoder`).
+        encoder: the :class:`~unimae.core.encoder_config.EncoderConfig` (or its dict).
+        Remaining keyword arguments: encoder fields, over ``encoder``'s.
     """
 
     def __init__(
@@ -110,28 +88,19 @@ class MAESegmenter(nn.Module):
         feature_size: int = 16,
         num_features: int = 4,
         feature_layers: Sequence[int] | None = None,
-        spatial_dims: int = 2,
-        in_chans: int = 3,
-        channel_mode: str = "fixed",
-        channels: Sequence[dict] | None = None,
-        patch_size: int | Sequence[int] = 16,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.1,
-        spectral_dim: int = 32,
-        class_token: bool = True,
-        stem: str = "patch",
-        stem_width: int = 32,
+        *,
+        encoder: EncoderConfig | Mapping[str, Any] | None = None,
+        **encoder_fields: Any,
     ) -> None:
         super().__init__()
-        self.config = _capture(locals())
-        self.encoder = ViTEncoder(**encoder_args(self.config))
+        self.model_args = {"num_classes": num_classes, "feature_size": feature_size, "num_features": num_features,
+                           "feature_layers": None if feature_layers is None else list(feature_layers)}  # fmt: skip
+        self.encoder = _finetune_encoder(type(self).__name__, encoder, encoder_fields)
+        cfg, depth = self.encoder_config, self.encoder.depth
         # in spectral mode the conv path reads the image projected into the shared spectral space
-        stem_in = spectral_dim if channel_mode == "spectral" else self.encoder.in_chans
+        stem_in = cfg.spectral_dim if cfg.channel_mode == "spectral" else self.encoder.in_chans
         self.decoder = SegmentationDecoder(
-            spatial_dims, stem_in, embed_dim, self.encoder.patch_size, num_classes,
+            cfg.spatial_dims, stem_in, cfg.embed_dim, self.encoder.patch_size, num_classes,
             feature_size=feature_size, num_features=min(num_features, depth),
         )
         n = self.decoder.num_features

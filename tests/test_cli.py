@@ -67,7 +67,7 @@ def test_pretrain_each_domain_writes_a_loadable_model(domain: str, tmp_path: Pat
     yaml_cfg = yaml.safe_load(Path(config_path(domain)).read_text())
     assert meta["contract"]["domain"] == domain
     assert meta["model_config"]["mask_ratio"] == yaml_cfg["model"]["mask_ratio"]
-    assert meta["model_config"]["embed_dim"] == 64  # the micro preset
+    assert meta["encoder"]["embed_dim"] == 64  # the micro preset
     assert meta["config"]["train"]["max_steps"] == 2
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert written["model"]["preset"] == "micro" and written["domain"] == domain

@@ -319,7 +319,7 @@ def test_checkpoint_roundtrip_bit_identical(tmp_path, mode):
     a = model(x, generator=gen(5))
     b = loaded(x, generator=gen(5))
     assert torch.equal(a["pred"], b["pred"]) and torch.equal(a["grad_pred"], b["grad_pred"])
-    assert read_checkpoint_meta(tmp_path / "model")["model_config"]["channel_mode"] == mode
+    assert read_checkpoint_meta(tmp_path / "model")["encoder"]["channel_mode"] == mode
 
 
 def test_checkpoint_errors_are_one_line(tmp_path):

@@ -69,7 +69,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     assert state["world_size"] == 2 and set(state["rng"]) == {"0", "1"}
     model, meta = load_checkpoint(out / "model")
     assert meta["step"] == STEPS and meta["contract"]["domain"] == "xray"
-    assert meta["model_config"]["in_chans"] == 1
+    assert meta["encoder"]["in_chans"] == 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_multispectral_land_cover_classes_beat_chance(tmp_path: Path) -> None:
     meta = check_run(result, out, "multispectral", "classify")
     assert meta["multi_label"] is False and len(meta["class_names"]) == 5
     # the shipped recipe: 13 fixed bands selected and ordered by name (recorded for prediction)
-    assert meta["model_config"]["channel_mode"] == "fixed" and meta["model_config"]["in_chans"] == 13
+    assert meta["encoder"]["channel_mode"] == "fixed" and meta["encoder"]["in_chans"] == 13
     assert meta["contract"]["preprocess"]["select_bands"][8] == "B8A"
     assert result["monitor"] == "val_balanced_accuracy"
     assert result["best_value"] > 0.2 + 0.25, result["metrics"]  # chance: 1/5
@@ -352,7 +352,7 @@ def test_init_from_pretraining_checkpoint_and_linear_probe(tmp_path: Path, capsy
     printed = capsys.readouterr().out
     assert "architecture from the init checkpoint" in printed and "embed_dim=32" in printed
     model, meta = load_checkpoint(out / "model")
-    assert meta["model_config"]["embed_dim"] == 32 and meta["model_config"]["depth"] == 2
+    assert meta["encoder"]["embed_dim"] == 32 and meta["encoder"]["depth"] == 2
     init = meta["init"]
     assert init["kind"] == "unimae" and init["step"] == 123 and init["model_class"] == "MaskedAutoencoder"
     assert init["loaded"] == len(model.encoder.state_dict()) and init["missing"] == []

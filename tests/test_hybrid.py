@@ -75,7 +75,7 @@ def test_conv_stem_checkpoint_round_trip(tmp_path):
     model = MAESegmenter(2, in_chans=3, patch_size=8, feature_size=4, num_features=2, **SMALL).eval()
     save_checkpoint(tmp_path / "m", model)
     loaded, meta = load_checkpoint(tmp_path / "m")
-    assert meta["model_config"]["stem"] == "conv" if "model_config" in meta else loaded.encoder.stem == "conv"
+    assert meta["encoder"]["stem"] == "conv" and loaded.encoder.stem == "conv"
     x = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x), atol=1e-6)
