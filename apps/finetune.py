@@ -191,6 +191,9 @@ class FinetuneConfig(TrainConfig):
             first of the task's list; ``loss`` is lower-is-better, the others higher-is-better).
         dice_weight, ce_weight: weights of the Dice and cross-entropy terms (segmentation).
         label_smoothing: cross-entropy label smoothing (single-label classification and segmentation).
+        mixup: classification only: on half of the training batches, images and (smoothed) targets are
+            blended with a shuffled copy of the batch, ``lam ~ Beta(mixup, mixup)`` (Zhang et al., ICLR 2018);
+            0 = off. On EuroSAT-MS it bought +0.05 accuracy over 5 folds (README, "Results on real data").
         val_overlap: sliding-window overlap of validation images larger than ``input_size``.
         val_batches: validation covers at most ``val_batches * batch_size`` validation cases.
         epochs: when set, ``max_steps`` is computed from it: ``ceil(epochs * training items / effective
@@ -213,6 +216,7 @@ class FinetuneConfig(TrainConfig):
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     label_smoothing: float = 0.0
+    mixup: float = 0.0
     val_overlap: float = 0.25
     epochs: float | None = None
 
@@ -246,8 +250,19 @@ class FinetuneConfig(TrainConfig):
             raise InputError("train.dice_weight and train.ce_weight cannot both be 0")
         self.label_smoothing = _number("label_smoothing", self.label_smoothing, 0.0, 1.0)
         self.val_overlap = _number("val_overlap", self.val_overlap, 0.0, 1.0)
+        self.mixup = _number("mixup", self.mixup, 0.0)
         if self.label_smoothing >= 1.0 or self.val_overlap >= 1.0:
             raise InputError("train.label_smoothing and train.val_overlap must be below 1")
+
+
+def _mixup_draw(n: int, alpha: float, gen: torch.Generator) -> tuple[float, torch.Tensor] | None:
+    """Mixup for one batch of ``n``, drawn from the step's generator (so a resumed run repeats it): None on
+    half of the batches (and for a batch of one), else ``(lam, permutation)`` with ``lam ~ Beta(alpha, alpha)``."""
+    if n < 2 or float(torch.rand((), generator=gen)) >= 0.5:
+        return None
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    return lam, torch.randperm(n, generator=gen)
 
 
 def _number(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False) -> float:
@@ -1026,22 +1041,42 @@ class FinetuneTrainer(Trainer):
         image = batch["image"].to(self.device, non_blocking=True)
         valid = batch["valid"].to(self.device, non_blocking=True)
         extra = {"channels": self.channels} if self.channels is not None else {}
+        mix = None
+        if self.task == "classify" and model.training and self.config.mixup > 0:  # type: ignore[attr-defined]
+            mix = _mixup_draw(len(image), float(self.config.mixup), gen)  # type: ignore[attr-defined]
+            if mix is not None:
+                lam, perm = mix
+                image = lam * image + (1.0 - lam) * image[perm.to(image.device)]
+                valid = valid & valid[perm.to(valid.device)]
         with autocast(self.precision, self.device):
             logits = model(image, valid=valid, **extra)
         if self.task == "classify":
             if "label" not in batch:
                 raise InputError("a training item has no label")
-            return {"loss": self._classify_loss(logits, batch["label"].to(self.device))}
+            return {"loss": self._classify_loss(logits, batch["label"].to(self.device), mix)}
         if "mask" not in batch:
             raise InputError("a training item has no mask")
         return self.seg_loss(logits, batch["mask"].to(self.device), valid)
 
-    def _classify_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def _classify_loss(
+        self, logits: torch.Tensor, label: torch.Tensor, mix: tuple[float, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         logits = logits.float()
         w = None if self.weight is None else self.weight.to(logits.device)
+        smoothing = self.config.label_smoothing  # type: ignore[attr-defined]
         if self.multi_label:
-            return F.binary_cross_entropy_with_logits(logits, label.float(), pos_weight=w)
-        return F.cross_entropy(logits, label.long().reshape(-1), weight=w, label_smoothing=self.config.label_smoothing)  # type: ignore[attr-defined]
+            target = label.float()
+        elif mix is None:
+            return F.cross_entropy(logits, label.long().reshape(-1), weight=w, label_smoothing=smoothing)
+        else:  # class probabilities, smoothed as F.cross_entropy smooths hard labels
+            n = logits.shape[1]
+            target = F.one_hot(label.long().reshape(-1), n).float() * (1.0 - smoothing) + smoothing / n
+        if mix is not None:
+            lam, perm = mix
+            target = lam * target + (1.0 - lam) * target[perm.to(target.device)]
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=w)
+        return F.cross_entropy(logits, target, weight=w)
 
     def _has_validation(self) -> bool:
         return self.data.val is not None
