@@ -1,135 +1,74 @@
-"""The domain plugin protocol and the data contract every reader honours.
+"""The domain plugin protocol: everything an app needs to know about a kind of image.
 
-A reader returns a :class:`Sample`: an image tensor ``(C, H, W)`` or ``(C, D, H, W)`` plus ``meta``,
-a plain dict that says where the image sits in the world. The keys of ``meta`` are:
+Data flows ``sniff -> read -> preprocess -> augment -> model -> to_source_grid -> write``: a plugin says
+whether a file is its own (:meth:`DomainPlugin.sniff`), reads it into a :class:`Sample` in source
+geometry (:meth:`~DomainPlugin.read`; the data contract of ``meta`` is in :mod:`unimae.domains.sample`),
+normalises it into model space (:meth:`~DomainPlugin.preprocess`), crops it for training
+(:meth:`~DomainPlugin.augment`), maps a model-grid result back onto the source grid
+(:meth:`~DomainPlugin.to_source_grid`) and writes it there with one signature for every domain
+(:meth:`~DomainPlugin.write`: NIfTI with the source affine, GeoTIFF with the source CRS / transform /
+nodata, PNG at the source resolution ...). The app draws with the plugin's display methods and builds a
+tab per registered plugin from its class attributes (title, description, tasks, windows, composites,
+examples, demo-model recipes). Nothing outside a domain's folder compares domain names.
 
-=================  ================================================================================
-``spatial_dims``   2 or 3
-``channels``       list of ``{"name": str, "wavelength": float | None}`` (wavelength in µm, optical)
-``spacing``        tuple of floats per spatial axis, in image axis order (mm, or metres per pixel)
-``affine``         4x4 ``numpy`` voxel-to-world matrix of the *source* file (NIfTI / DICOM), or None
-``crs``            WKT string of the source GeoTIFF CRS, or None
-``transform``      6-tuple ``(a, b, c, d, e, f)`` GeoTIFF pixel-to-CRS affine, or None
-``nodata``         source nodata value, or None
-``valid``          bool tensor of the spatial shape: False for nodata, padding, outside field of view
-``modality``       e.g. ``"CT"``, ``"fundus"``, ``"CR"``, ``"sentinel2_l1c"``
-``path``           source path as given, or None for synthetic data
-``source_shape``   spatial shape of the file as stored (before reorientation / resampling)
-``normalization``  JSON dict describing the intensity normalisation ``preprocess`` applied
-=================  ================================================================================
-
-Optional keys used by several plugins: ``grid_affine`` (where the *current* 3D tensor sits after
-reorientation/resampling; ``affine`` stays the source's), ``letterbox`` (the evaluation resize/pad box
-that writers undo to return to the source grid), ``spacing_unit`` (``"mm"``, ``"m"`` or ``"pixel"``),
-``seg_class_names`` (label names, used e.g. to swap left/right labels when flipping), ``window`` (a
-rasterio window for partial reads).
-
-Plugins may add keys (``window``, ``photometric``, ``band_stats`` ...). Patient identifiers never go in
-``meta``.
-
-Data flows ``read -> preprocess -> augment -> model -> postprocess -> write``; ``write`` puts results
-back on the *source* grid (affine, CRS/transform, nodata).
+The apps and the shared dataset code (:mod:`unimae.domains.layouts`) only ever call what is defined
+here; see ``docs/ARCHITECTURE.md`` for adding a domain.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unimae.core.errors import InputError
+from unimae.core.errors import InputError, look_up
+from unimae.domains.display import grey_volume_slice, picture
+from unimae.domains.layouts import local_dataset
+from unimae.domains.sample import (
+    DEFAULT_MAX_PIXELS,
+    Sample,
+    Transform,
+    channel_list,
+    check_pixel_limit,
+    kwargs_for,
+    max_pixels,
+    to_item,
+)
 
 __all__ = [
     "Sample",
     "DomainPlugin",
     "TrainingView",
     "Transform",
+    "RESULT_KINDS",
+    "result_kind",
     "to_item",
     "max_pixels",
     "check_pixel_limit",
     "channel_list",
     "kwargs_for",
+    "DEFAULT_MAX_PIXELS",
 ]
 
-DEFAULT_MAX_PIXELS = 2**28  # spatial elements (~268 M): a decompression-bomb guard
+#: what :meth:`DomainPlugin.write` and :meth:`DomainPlugin.to_source_grid` are told a result is
+RESULT_KINDS = ("auto", "labels", "heat")
+_KIND_ALIASES = {"label": "labels", "map": "heat"}
 
 
-def max_pixels() -> int:
-    """The spatial-size guard in elements; override with the ``UNIMAE_MAX_PIXELS`` environment variable."""
-    value = os.environ.get("UNIMAE_MAX_PIXELS")
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        return int(float(value))
-    except ValueError as err:
-        raise InputError(f"UNIMAE_MAX_PIXELS must be an integer, got {value!r}") from err
-
-
-def check_pixel_limit(shape: Sequence[int], path: str | Path | None = None, limit: int | None = None) -> None:
-    """Raise :class:`InputError` if a spatial ``shape`` exceeds the pixel limit."""
-    limit = max_pixels() if limit is None else int(limit)
-    n = 1
-    for s in shape:
-        n *= int(s)
-    if n > limit:
-        dims = "x".join(str(int(s)) for s in shape)
-        raise InputError(
-            f"image is {dims} = {n:,} pixels, over the limit of {limit:,} "
-            "(set UNIMAE_MAX_PIXELS to raise it, or use tiled/streamed inference)",
-            path,
-        )
-
-
-def channel_list(names: Sequence[str], wavelengths: Sequence[float | None] | None = None) -> list[dict]:
-    """Build the ``meta['channels']`` list from names and optional wavelengths (µm)."""
-    wavelengths = [None] * len(names) if wavelengths is None else list(wavelengths)
-    if len(wavelengths) != len(names):
-        raise ValueError(f"{len(names)} channel names but {len(wavelengths)} wavelengths")
-    return [{"name": str(n), "wavelength": None if w is None else float(w)} for n, w in zip(names, wavelengths)]
-
-
-@dataclass
-class Sample:
-    """One image with its metadata and optional targets (see the module docstring for ``meta``)."""
-
-    image: torch.Tensor
-    meta: dict[str, Any] = field(default_factory=dict)
-    label: torch.Tensor | None = None  # class index () or multi-hot (K,)
-    mask: torch.Tensor | None = None  # segmentation, int64, spatial shape
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.image.shape[1:])
-
-    @property
-    def valid(self) -> torch.Tensor:
-        v = self.meta.get("valid")
-        if v is None:
-            return torch.ones(self.spatial_shape, dtype=torch.bool)
-        return v
-
-    def replace(self, **changes: Any) -> Sample:
-        return replace(self, **changes)
-
-
-def to_item(sample: Sample) -> dict[str, torch.Tensor]:
-    """The tensors of a sample as a collatable dict: ``image``, ``valid`` and, if present, ``label``, ``mask``."""
-    item = {"image": sample.image.float(), "valid": sample.valid.bool()}
-    if sample.label is not None:
-        item["label"] = sample.label
-    if sample.mask is not None:
-        item["mask"] = sample.mask.long()
-    return item
-
-
-Transform = Callable[[Sample, int], Sample]
-"""An augmentation: ``transform(sample, seed) -> sample``. All randomness comes from ``seed``."""
+def result_kind(kind: str, array: Any = None) -> str:
+    """``"labels"`` or ``"heat"``: ``kind`` (``"label"`` and ``"map"`` are read as those), or for ``"auto"`` the
+    dtype of ``array`` (integer / bool -> labels, float -> heat)."""
+    kind = look_up(_KIND_ALIASES.get(str(kind), str(kind)), RESULT_KINDS, what="result kind")
+    if kind != "auto":
+        return kind
+    arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    return "labels" if arr.dtype.kind in "biu" else "heat"
 
 
 class TrainingView(Dataset):
@@ -160,34 +99,99 @@ class TrainingView(Dataset):
 
 
 class DomainPlugin(ABC):
-    """What a domain provides. Subclasses set the class attributes and implement the methods.
+    """What a domain provides. Subclasses set the class attributes and implement the abstract methods;
+    the other methods have defaults that suit a plain 2D picture format.
 
-    Class attributes
-    ----------------
-    name:            registry name (``"ct"``, ``"fundus"``, ``"xray"``, ``"multispectral"``)
+    Identity and files
+    ------------------
+    name:            registry name (``"ct"``, ``"fundus"``, ``"xray"``, ``"multispectral"``, or yours)
     spatial_dims:    2 or 3
     modality:        default ``meta['modality']``
     extensions:      file suffixes the reader accepts (lower case, with the dot, e.g. ``".nii.gz"``)
+    folder_input:    what kind of folder the reader takes as one image (CT: ``"a DICOM series folder"``), or ""
+    title:           the app's tab title (default: the name)
+    description:     the app's tab introduction (Markdown): formats read, where results go
+
+    Tasks and labels
+    ----------------
     tasks:           supported tasks among ``"classify"``, ``"segment"``, ``"anomaly"``
-    presets:         named preprocessing presets (e.g. CT windows), each a dict of ``preprocess`` kwargs
     class_names:     class names of the synthetic classification labels
     seg_class_names: class names of the synthetic segmentation labels (index 0 = background)
     multi_label:     True if classification labels are multi-hot (X-ray findings)
+
+    Preprocessing and training
+    --------------------------
+    presets:         named preprocessing presets (e.g. CT windows), each a dict of ``preprocess`` kwargs
     recipes:         training defaults from the papers, ``{"pretrain": {...}, "finetune": {...}}`` with
                      keys such as ``patch_size``, ``input_size``, ``mask_ratio``, ``crop_scale``,
                      ``layer_decay``; the YAML configs in ``configs/<domain>/`` follow them
+
+    Geometry and display
+    --------------------
+    display:         how the app draws an input: ``"image"`` (a picture), ``"scene"`` (band composites chosen
+                     at display time) or ``"volume"`` (slices); None: ``"volume"`` for 3D domains, else ``"image"``
+    windows:         intensity windows ``{name: (center, width)}`` the volume viewer offers (CT HU windows)
+    default_window:  the window a volume opens with (a key of ``windows``)
+    composites:      ``{name: label}`` of the band composites a scene viewer offers
+    rgb_bands:       the channel names shown as red, green, blue
+    channel_noun:    what channels are called where their count is worth telling (``"bands"``), or None
+    spacing_unit:    the unit of ``meta['spacing']`` when the file does not say (``"mm"`` for CT)
+    georeferenced:   results sit on a map grid (a CRS and a resolution rather than a spacing)
+    result_suffix:   the suffix of written label / heat maps (``""``: ``.nii.gz`` for 3D, ``.png`` for 2D)
+    streams:         large inputs are predicted tile by tile (:meth:`open_scene`, :meth:`scene_writer`)
+
+    The app's demo
+    --------------
+    demo_models:     per task, the recipe of the demo model built from synthetic data: the ``model``,
+                     ``data``, ``train`` (``max_steps``, ``batch_size``, ``lr`` and any other ``train`` key)
+                     and ``anomaly`` sections of a ``unimae finetune`` config
+    demo_test_size:  the synthetic input size of the test profile's (tiny) demo models
+    demo_examples:   per demo profile (``"default"``, ``"test"``), the keyword arguments of
+                     :meth:`write_examples`
     """
 
     name: ClassVar[str]
     spatial_dims: ClassVar[int]
     modality: ClassVar[str]
     extensions: ClassVar[tuple[str, ...]]
+    folder_input: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ("classify", "segment", "anomaly")
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     class_names: ClassVar[tuple[str, ...]] = ()
     seg_class_names: ClassVar[tuple[str, ...]] = ()
     multi_label: ClassVar[bool] = False
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
+    display: ClassVar[str | None] = None
+    windows: ClassVar[dict[str, tuple[float, float]]] = {}
+    default_window: ClassVar[str | None] = None
+    composites: ClassVar[dict[str, str]] = {}
+    rgb_bands: ClassVar[tuple[str, ...]] = ()
+    channel_noun: ClassVar[str | None] = None
+    spacing_unit: ClassVar[str | None] = None
+    georeferenced: ClassVar[bool] = False
+    result_suffix: ClassVar[str] = ""
+    streams: ClassVar[bool] = False
+    demo_models: ClassVar[dict[str, dict[str, Any]]] = {}
+    demo_test_size: ClassVar[int] = 64
+    demo_examples: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    # -- identity ------------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """The name people see (the tab title)."""
+        return self.title or self.name
+
+    @property
+    def display_kind(self) -> str:
+        """``"image"``, ``"scene"`` or ``"volume"`` (see :attr:`display`)."""
+        return self.display or ("volume" if self.spatial_dims == 3 else "image")
+
+    @property
+    def suffix(self) -> str:
+        """The suffix results are written with (see :attr:`result_suffix`)."""
+        return self.result_suffix or (".nii.gz" if self.spatial_dims == 3 else ".png")
 
     # -- files -----------------------------------------------------------------------------------
     def accepts(self, path: str | Path) -> bool:
@@ -195,9 +199,27 @@ class DomainPlugin(ABC):
         name = str(path).lower()
         return any(name.endswith(ext) for ext in self.extensions)
 
+    def sniff(self, path: str | Path) -> float:
+        """How sure this domain is that ``path`` (an existing file or folder) is its own: 0 (not mine) to 1.
+
+        The registry guesses a file's domain by the highest score (:func:`~unimae.domains.guess_domain`), and
+        a model refuses a file its domain scores 0 when another domain claims it. Look at headers only, never
+        decode a whole image. Raise :class:`InputError` for a file this domain would claim but cannot read
+        (the reason is shown when no other domain claims the file).
+
+        Default: 0.5 for a file with one of :attr:`extensions` (a guess by name), else 0.
+        """
+        p = Path(path)
+        return 0.5 if p.is_file() and self.accepts(p) else 0.0
+
     @abstractmethod
     def read(self, path: str | Path, **kwargs: Any) -> Sample:
         """Read a file into a :class:`Sample` in source geometry. Raise :class:`InputError` on bad input."""
+
+    def read_options(self, path: str | Path) -> dict[str, Any]:
+        """Extra :meth:`read` keywords for a file from what is published beside it (e.g. the fundus field-of-view
+        mask next to a photograph); ``{}`` when there is nothing."""
+        return {}
 
     @abstractmethod
     def read_mask(self, path: str | Path, *, like: Sample | None = None) -> torch.Tensor:
@@ -209,6 +231,10 @@ class DomainPlugin(ABC):
     @abstractmethod
     def preprocess(self, sample: Sample, **kwargs: Any) -> Sample:
         """Normalise into model space (channels, intensity, orientation, spacing); keep and update ``meta``."""
+
+    def preset_channels(self, preset: str) -> list[dict[str, Any]]:
+        """The channel list (``[{"name", "wavelength"}]``) of a named band preset, for ``model.channels: NAME``."""
+        raise InputError(f"the {self.name} domain has no channel presets; give model.channels as a list")
 
     @abstractmethod
     def augment(self, *, train: bool, input_size: int | Sequence[int], **kwargs: Any) -> Transform:
@@ -237,13 +263,129 @@ class DomainPlugin(ABC):
         (``0.0`` gives normal-only data for anomaly training); ``None`` uses the domain default.
         """
 
+    # -- results ---------------------------------------------------------------------------------
+    def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
+        """A label map (``kind="labels"``) or heat map (``"heat"``) on the grid of ``meta`` (a preprocessed or
+        evaluation-view sample) mapped back onto the source grid ``meta["source_shape"]``.
+
+        Default: undo a centre crop / pad (``meta["crop"] = (row, col, height, width)``), else resize (nearest
+        for labels, linear for heat). Plugins whose preprocessing moves the grid (resampling, letterboxing)
+        undo exactly that.
+        """
+        labels = result_kind(kind, array) == "labels"
+        shape = tuple(int(s) for s in (meta.get("source_shape") or array.shape))
+        crop = meta.get("crop")
+        if crop is not None and tuple(array.shape) != shape:
+            r0, c0, h, w = (int(v) for v in crop)
+            out = np.zeros(shape, dtype=array.dtype)
+            ys, xs = max(0, r0), max(0, c0)
+            ye, xe = min(shape[0], r0 + h), min(shape[1], c0 + w)
+            out[ys:ye, xs:xe] = array[ys - r0 : ye - r0, xs - c0 : xe - c0]
+            return out
+        if tuple(array.shape) == shape:
+            return array
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+        mode = "nearest" if labels else ("bilinear" if len(shape) == 2 else "trilinear")
+        return torch.nn.functional.interpolate(t, size=shape, mode=mode)[0, 0].numpy()
+
     @abstractmethod
-    def write(self, array: Any, meta: dict[str, Any], path: str | Path, **kwargs: Any) -> Path:
-        """Write a result (label map / heat map) in the source geometry of ``meta``, atomically."""
+    def write(
+        self,
+        array: Any,
+        meta: dict[str, Any],
+        path: str | Path,
+        *,
+        kind: str = "auto",
+        nodata: float | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> Path:
+        """Write a result in the source geometry of ``meta``, atomically; returns ``path``.
+
+        Args:
+            array: a label map (integers / bool) or heat map (floats) on the source grid, or on the grid of
+                ``meta`` when the plugin maps it back itself (it then calls :meth:`to_source_grid`).
+            meta: the sample's ``meta`` (affine / CRS / transform / nodata / ``source_shape``).
+            path: the output file; its suffix is :attr:`suffix`.
+            kind: ``"labels"``, ``"heat"`` or ``"auto"`` (by dtype); see :func:`result_kind`.
+            nodata: the value written where the result is undefined, for formats that store one.
+            class_names: the label names, for formats that record them.
+
+        Plugins may take further keyword arguments of their own after these.
+        """
 
     @abstractmethod
     def plot(self, sample: Sample, prediction: torch.Tensor | None = None, **kwargs: Any):
         """A matplotlib Figure of the sample, with ``prediction`` (or ``sample.mask``) overlaid."""
+
+    # -- display ---------------------------------------------------------------------------------
+    def display_image(self, sample: Sample, *, window: tuple[float, float] | None = None) -> np.ndarray:
+        """An ``(H, W, 3)`` uint8 picture of a sample (source grid): the base of the overlays.
+
+        Default: RGB as is, grey replicated, a natural-colour composite of several bands (by
+        :attr:`rgb_bands` or wavelength); volumes: the middle slice along the last axis. ``window``:
+        ``(center, width)`` for plugins with intensity :attr:`windows`.
+        """
+        if sample.image.ndim == 4:
+            return grey_volume_slice(sample)
+        return picture(sample, self.rgb_bands)
+
+    def display_window(self, preprocess: Mapping[str, Any] | None) -> tuple[float, float] | None:
+        """The intensity window that shows what a model saw, from its ``preprocess`` options; None: no window."""
+        return None
+
+    def display_volume(self, array: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+        """A source-grid volume (image, labels or heat, ``(I, J, K)``) in the slice viewer's axis order
+        (axial slices along the last axis). Default: as stored."""
+        return np.ascontiguousarray(array)
+
+    def display_spacing(self, meta: Mapping[str, Any]) -> tuple[float, float, float]:
+        """The voxel size along the axes of :meth:`display_volume`'s result (keeps the displayed aspect)."""
+        spacing = meta.get("spacing") or (1.0, 1.0, 1.0)
+        return tuple(float(s) for s in spacing)[:3]  # type: ignore[return-value]
+
+    def overview(self, array: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+        """The 2D view of a 3D result drawn on :meth:`display_image`'s picture (a static overlay file)."""
+        return np.ascontiguousarray(array[:, :, array.shape[2] // 2])
+
+    def composite(
+        self, image: np.ndarray, valid: np.ndarray | None, channels: Sequence[Mapping[str, Any]], name: str
+    ) -> np.ndarray:
+        """A band composite (one of :attr:`composites`) of a scene ``(C, H, W)`` as ``(H, W, 3)`` uint8.
+
+        Raises :class:`InputError` when the scene lacks the bands (e.g. no near infrared)."""
+        raise InputError(f"the {self.name} domain has no {name} composite")
+
+    # -- streamed scenes -------------------------------------------------------------------------
+    def open_scene(self, path: str | Path, *, trained_read: Mapping[str, Any] | None = None) -> Any:
+        """A windowed reader of a large input (see :attr:`streams`): ``shape``, ``dtype``, ``read(window,
+        allow_empty=True)`` -> :class:`Sample`, ``read()``, ``meta()``, ``may_be_invalid``, ``close()``, a
+        context manager. ``trained_read``: the ``read`` options the model's training files were read with."""
+        raise InputError(f"the {self.name} domain has no streamed reader")
+
+    def scene_writer(
+        self,
+        like: str | Path,
+        path: str | Path,
+        *,
+        count: int,
+        dtype: str,
+        nodata: float | None,
+        descriptions: Sequence[str] | None = None,
+        tile: int = 256,
+    ) -> Any:
+        """A context manager writing windows ``write(array, (row, col, h, w))`` of a result on the grid of the
+        input ``like``, atomically (see :attr:`streams`)."""
+        raise InputError(f"the {self.name} domain has no streamed writer")
+
+    def stream_context(self) -> contextlib.AbstractContextManager:
+        """Settings around a streamed prediction (e.g. a bounded raster block cache)."""
+        return contextlib.nullcontext()
+
+    # -- the app's examples ------------------------------------------------------------------------
+    def write_examples(self, dest: Path, *, seed: int, **settings: Any) -> list[Path]:
+        """Example files in real formats for the app, written into ``dest`` from the synthetic generator
+        (``settings``: one entry of :attr:`demo_examples`); the default writes none."""
+        return []
 
     # -- datasets --------------------------------------------------------------------------------
     def load(self, path: str | Path, **kwargs: Any) -> Sample:
@@ -274,17 +416,5 @@ class DomainPlugin(ABC):
             split_seed = seed if train else seed + 100_003
             samples = self.synthetic(num_samples, seed=split_seed, size=input_size, **kwargs_for(self.synthetic, kwargs))
         else:
-            from unimae.domains.datasets import local_dataset
-
             samples = local_dataset(self, source, split=split, **kwargs)
         return TrainingView(samples, transform, seed=seed)
-
-
-def kwargs_for(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``kwargs`` that ``fn`` accepts by name (all of them if it takes ``**kwargs``)."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(kwargs)
-    return {k: v for k, v in kwargs.items() if k in params}

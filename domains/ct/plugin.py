@@ -16,13 +16,22 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError, look_up
-from unimae.domains.base import DomainPlugin, Sample, channel_list, check_pixel_limit
+from unimae.domains.base import DomainPlugin, Sample, channel_list, check_pixel_limit, result_kind
+from unimae.domains.ct.examples import write_examples as _write_examples
 from unimae.domains.ct.augment import CTAugment
 from unimae.domains.ct.dicom import folder_has_dicom, is_dicom_file, read_dicom
-from unimae.domains.ct.geometry import resample_to_grid, same_grid, same_voxels, spacing_from_affine
+from unimae.domains.ct.geometry import (
+    resample_to_grid,
+    same_grid,
+    same_voxels,
+    spacing_from_affine,
+    to_ras_for_display,
+)
 from unimae.domains.ct.nifti import is_nifti_path, read_nifti, read_nifti_labels, write_nifti
 from unimae.domains.ct.preprocess import WINDOWS, preprocess_ct, source_grid_of, to_source_grid
 from unimae.domains.ct.synthetic import SEG_CLASS_NAMES, SyntheticCT
+from unimae.domains.display import in_model_space, stretch, valid_np
+from unimae.domains.sniff import dicom_modality, holds_dicom_series, looks_dicom, suffix, zip_has_dicom
 
 __all__ = ["CTPlugin"]
 
@@ -31,6 +40,22 @@ def _axcodes(affine: np.ndarray) -> str:
     import nibabel as nib
 
     return "".join(nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+
+
+def _ras(volume: np.ndarray, affine: Any) -> np.ndarray:
+    """A source-grid volume in RAS axis order (flips and transposes only); as stored without an affine."""
+    if affine is None:
+        return np.ascontiguousarray(volume)
+    return np.ascontiguousarray(to_ras_for_display(np.asarray(volume), np.asarray(affine, dtype=np.float64)))
+
+
+def _axial(volume: np.ndarray, affine: Any) -> np.ndarray:
+    """The middle axial slice of an ``(I, J, K)`` volume, radiological display (patient right on the left)."""
+    vol = _ras(volume, affine)
+    return np.ascontiguousarray(vol[::-1, :, vol.shape[2] // 2].T[::-1])
+
+
+_DEMO_DATA = {"window": "soft_tissue", "spacing": [9.0, 9.0, 9.0]}  # 9 mm: a 288 mm trunk fits the 32-voxel crop
 
 
 class CTPlugin(DomainPlugin):
@@ -58,6 +83,35 @@ class CTPlugin(DomainPlugin):
     class_names: ClassVar[tuple[str, ...]] = ()
     all_band_names: ClassVar[tuple[str, ...]] = ("CT",)
     rgb_bands: ClassVar[tuple[str, ...]] = ("CT",)
+    folder_input: ClassVar[str] = "a DICOM series folder"
+    title: ClassVar[str] = "CT"
+    description: ClassVar[str] = (
+        "Computed tomography volumes: **NIfTI** (`.nii`, `.nii.gz`), a single **DICOM** file or a **zipped DICOM "
+        "series**. Results come back on the scan's own voxel grid (NIfTI with the source affine)."
+    )
+    default_window: ClassVar[str] = "soft_tissue"
+    spacing_unit: ClassVar[str] = "mm"
+    result_suffix: ClassVar[str] = ".nii.gz"
+    demo_models: ClassVar[dict[str, dict[str, Any]]] = {
+        "segment": {"model": {"patch_size": 8, "feature_size": 8},
+                    "data": {"input_size": 32, "num_val_samples": 4, **_DEMO_DATA},
+                    "train": {"max_steps": 150, "batch_size": 2, "lr": 4e-3, "class_weights": "auto"}},
+        # as configs/ct/anomaly.yaml: a variance head, trained hiding what the K masks hide, no flips
+        "anomaly": {"model": {"embed_dim": 32, "num_heads": 2, "decoder_dim": 32, "decoder_depth": 1,
+                              "decoder_heads": 2, "patch_size": 8, "mask_ratio": 0.25, "predict_variance": True},
+                    "data": {"input_size": 32, "num_val_samples": 32, "val_lesion_prob": 0.5, "flip_prob": 0.0,
+                             **_DEMO_DATA},
+                    "train": {"max_steps": 700, "batch_size": 4},
+                    "anomaly": {"sigma": 1.0, "top_fraction": 0.001}},
+    }  # fmt: skip
+    demo_test_size: ClassVar[int] = 24
+    demo_examples: ClassVar[dict[str, dict[str, Any]]] = {
+        # the demo models' own 9 mm grid: the anomaly model knows the noise texture of its training phantoms only,
+        # and reads a volume resampled from 3 mm (smoother) as abnormal throughout (measured: normal example 49 %
+        # flagged)
+        "default": {"size": (32, 32, 32), "spacing": (9.0, 9.0, 9.0)},
+        "test": {"size": (26, 24, 24), "spacing": (9.0, 9.0, 9.0)},
+    }
 
     # -- files -----------------------------------------------------------------------------------
     def accepts(self, path: str | Path) -> bool:
@@ -68,6 +122,25 @@ class CTPlugin(DomainPlugin):
         if p.is_dir():
             return folder_has_dicom(p)
         return p.is_file() and is_dicom_file(p)
+
+    def sniff(self, path: str | Path) -> float:
+        """1 for NIfTI, a DICOM series (folder or zip) and a DICOM file whose header says CT; 0 for other
+        DICOM modalities and other files. A folder or zip without DICOM files raises (it would be ours)."""
+        p = Path(path)
+        if p.is_dir():
+            if holds_dicom_series(p):
+                return 1.0
+            raise InputError("folder holds no DICOM files (give one image file, or a DICOM series folder)", p)
+        ext = suffix(p)
+        if ext in (".nii", ".nii.gz"):
+            return 1.0
+        if ext == ".zip":
+            if zip_has_dicom(p):
+                return 1.0
+            raise InputError("zip holds no DICOM files", p)
+        if looks_dicom(p):
+            return 1.0 if dicom_modality(p) == "CT" else 0.0
+        return 0.0
 
     def read(self, path: str | Path, *, dicom_series: int | None = None) -> Sample:
         """Read a CT in HU on its source grid.
@@ -196,7 +269,23 @@ class CTPlugin(DomainPlugin):
             window=window,
         )
 
-    def write(self, array: Any, meta: dict[str, Any], path: str | Path, *, kind: str = "auto") -> Path:
+    def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
+        """A result on the grid of ``meta`` (reoriented / resampled) resampled onto the source affine and shape:
+        nearest neighbour for labels, trilinear for heat maps."""
+        labels = result_kind(kind, array) == "labels"
+        arr = np.asarray(array).astype(np.float32)[None]
+        return to_source_grid(arr, meta, mode="nearest" if labels else "bilinear")[0].numpy()
+
+    def write(
+        self,
+        array: Any,
+        meta: dict[str, Any],
+        path: str | Path,
+        *,
+        kind: str = "auto",
+        nodata: float | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> Path:
         """Write a result on the sample grid back to the source grid as NIfTI, atomically.
 
         Args:
@@ -204,14 +293,16 @@ class CTPlugin(DomainPlugin):
                 integer/bool labels or a float map.
             meta: the sample's ``meta`` (from ``read``, ``preprocess`` or ``synthetic``).
             path: ``.nii.gz`` or ``.nii`` output.
-            kind: ``"labels"`` (nearest, integer output), ``"map"`` (trilinear, float32) or ``"auto"``
-                (labels for integer/bool arrays, map for floats).
+            kind: ``"labels"`` (nearest, integer output), ``"heat"`` (trilinear, float32; ``"map"`` is the
+                same) or ``"auto"`` (labels for integer/bool arrays, heat for floats).
+            nodata, class_names: not stored in NIfTI (voxels outside the image are 0).
 
         Returns:
             ``path``. The file has the source ``affine`` and ``source_shape`` (for synthetic data: its
             own grid); sform/qform codes follow the source NIfTI where known.
         """
-        kind = look_up(kind, ("auto", "labels", "map"), what="write kind")
+        kind = look_up(kind, ("auto", "labels", "heat", "map"), what="write kind")
+        kind = {"heat": "map"}.get(kind, kind)
         arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
         if arr.ndim == 4 and arr.shape[0] == 1:
             arr = arr[0]
@@ -259,3 +350,57 @@ class CTPlugin(DomainPlugin):
         from unimae.domains.ct.plot import plot_ct
 
         return plot_ct(sample, prediction, class_names=class_names, alpha=alpha, title=title)
+
+    # -- display ---------------------------------------------------------------------------------
+    def display_image(self, sample: Sample, *, window: tuple[float, float] | None = None) -> np.ndarray:
+        """The middle axial slice (radiological display): HU through ``window`` (default soft tissue), a windowed
+        model-space volume as is, anything else stretched."""
+        if sample.image.ndim != 4:
+            return super().display_image(sample, window=window)
+        meta = sample.meta
+        vol = sample.image.detach().cpu().float().numpy()[0]
+        if meta.get("units") == "HU":
+            c, w = window or self.windows[self.default_window]
+            vol = np.clip((vol - (c - w / 2)) / w, 0.0, 1.0)
+        elif in_model_space(meta) and meta["normalization"].get("kind") == "window":
+            vol = np.clip((vol + 1.0) / 2.0, 0.0, 1.0)
+        else:
+            vol = stretch(vol, valid_np(meta, vol.shape), 0.5, 99.5)
+        grey = _axial(vol, meta.get("grid_affine", meta.get("affine")))
+        return np.repeat((grey * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+
+    def display_window(self, preprocess: Mapping[str, Any] | None) -> tuple[float, float]:
+        """The model's preprocessing window (preset name, ``(center, width)`` or a dict), else soft tissue."""
+        win = (preprocess or {}).get("window")
+        if isinstance(win, str):
+            return WINDOWS.get(win, WINDOWS[self.default_window])
+        if isinstance(win, (list, tuple)) and len(win) == 2:
+            return float(win[0]), float(win[1])
+        if isinstance(win, Mapping) and "center" in win:
+            return float(win["center"]), float(win["width"])
+        return WINDOWS[self.default_window]
+
+    def display_volume(self, array: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+        """RAS axis order (axis 0 -> patient right, 1 -> anterior, 2 -> superior) from the source affine."""
+        return _ras(array, meta.get("affine"))
+
+    def display_spacing(self, meta: Mapping[str, Any]) -> tuple[float, float, float]:
+        """Voxel size along the R, A, S axes of :meth:`display_volume`'s result."""
+        affine = meta.get("affine")
+        if affine is None:
+            return (1.0, 1.0, 1.0)
+        a = np.asarray(affine, dtype=np.float64)[:3, :3]
+        spacing = np.linalg.norm(a, axis=0)
+        world_axis = np.argmax(np.abs(a), axis=0)  # the world axis each voxel axis runs along most
+        out = [1.0, 1.0, 1.0]
+        for voxel_axis, w in enumerate(world_axis):
+            out[int(w)] = float(spacing[voxel_axis])
+        return tuple(out)  # type: ignore[return-value]
+
+    def overview(self, array: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+        """The middle axial slice, as :meth:`display_image` shows the scan."""
+        return _axial(array, meta.get("affine"))
+
+    def write_examples(self, dest: Path, *, seed: int, **settings: Any) -> list[Path]:
+        """Phantoms as NIfTI (with lesions, normal) and a zipped DICOM series (see :mod:`.examples`)."""
+        return _write_examples(dest, seed=seed, **settings)

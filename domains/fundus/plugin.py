@@ -19,13 +19,16 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError, look_up
-from unimae.domains.base import DomainPlugin, Sample, Transform, channel_list
+from unimae.domains.base import DomainPlugin, Sample, Transform, channel_list, result_kind
+from unimae.domains.folders import fov_for_image
+from unimae.domains.fundus.examples import write_examples as _write_examples
 from unimae.domains.fundus.augment import FundusTransform
 from unimae.domains.fundus.fov import detect_fov
 from unimae.domains.fundus.preprocess import CHANNEL_NAMES, NOMINAL_WAVELENGTHS, preprocess_fundus
 from unimae.domains.fundus.reader import decode_mask, decode_rgb
 from unimae.domains.fundus.synthetic import SyntheticFundus
-from unimae.domains.fundus.writer import write_prediction
+from unimae.domains.fundus.writer import to_source_grid, write_prediction
+from unimae.domains.sniff import picture_is_grey, suffix, tiff_info
 
 __all__ = ["FundusPlugin"]
 
@@ -61,8 +64,40 @@ class FundusPlugin(DomainPlugin):
     multi_label: ClassVar[bool] = False
     all_band_names: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
     rgb_bands: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
+    title: ClassVar[str] = "Fundus"
+    description: ClassVar[str] = (
+        "Colour fundus photographs: **PNG**, **JPEG**, **TIFF** or BMP. Results come back on the photograph's "
+        "pixel grid."
+    )
+    demo_models: ClassVar[dict[str, dict[str, Any]]] = {
+        "classify": {"model": {"patch_size": 8},
+                     "data": {"input_size": 96, "num_val_samples": 32, "crop_scale": [0.85, 1.0], "rotate": 10.0},
+                     "train": {"max_steps": 80, "batch_size": 16, "lr": 2e-3}},
+        "segment": {"model": {"patch_size": 16, "feature_size": 8}, "data": {"input_size": 128, "num_val_samples": 4},
+                    "train": {"max_steps": 60, "batch_size": 4, "lr": 3e-3}},
+        "anomaly": {"model": {"patch_size": 8},
+                    "data": {"input_size": 128, "num_val_samples": 32, "val_lesion_prob": 0.5},
+                    "train": {"max_steps": 60, "batch_size": 8}},
+    }  # fmt: skip
+    demo_examples: ClassVar[dict[str, dict[str, Any]]] = {"default": {"size": 128}, "test": {"size": 64}}
 
     # -- files -----------------------------------------------------------------------------------
+    def sniff(self, path: str | Path) -> float:
+        """Colour pictures (0.8); grey pictures (0.4: a radiograph is likelier, but a grey fundus photo is read);
+        TIFFs with at most 4 bands and no CRS (0.6; a georeferenced or many-band TIFF is not a photograph: 0)."""
+        p = Path(path)
+        if not p.is_file() or not self.accepts(p):
+            return 0.0
+        if suffix(p) in (".tif", ".tiff"):
+            count, crs = tiff_info(p)
+            return 0.0 if count > 4 or crs else 0.6
+        return 0.4 if picture_is_grey(p) else 0.8
+
+    def read_options(self, path: str | Path) -> dict[str, Any]:
+        """The field-of-view mask published beside a photograph (DRIVE's ``../mask/``, ``<stem>_fov.png``)."""
+        fov = fov_for_image(path) if Path(path).is_file() else None
+        return {} if fov is None else {"fov_mask": fov}
+
     def read(self, path: str | Path, *, fov_mask: MaskLike | None = None, auto_fov: bool = True) -> Sample:
         """Read a fundus photograph as RGB ``(3, H, W)`` float32 in [0, 1].
 
@@ -212,6 +247,11 @@ class FundusPlugin(DomainPlugin):
             green=green,
         )
 
+    def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
+        """Undo the evaluation letterbox (``meta["letterbox"]``) and resize to the photograph's size."""
+        labels = result_kind(kind, array) == "labels"
+        return to_source_grid(np.asarray(array).astype(np.int64) if labels else array, meta, label=labels)
+
     def write(
         self,
         array: Any,
@@ -219,14 +259,22 @@ class FundusPlugin(DomainPlugin):
         path: str | Path,
         *,
         kind: str = "auto",
+        nodata: float | None = None,
+        class_names: Sequence[str] | None = None,
         bits: int = 8,
         mask_outside_fov: bool = True,
     ) -> Path:
         """Write a label map (0/255 or class indices) or heat map PNG at the source resolution, atomically.
 
-        See :func:`~unimae.domains.fundus.writer.write_prediction`.
+        ``nodata`` and ``class_names`` are not stored (PNG; outside the field of view the result is 0). See
+        :func:`~unimae.domains.fundus.writer.write_prediction` for ``bits`` and ``mask_outside_fov``.
         """
+        kind = {"labels": "label"}.get(kind, kind)
         return write_prediction(array, meta, path, kind=kind, bits=bits, mask_outside_fov=mask_outside_fov)
+
+    def write_examples(self, dest: Path, *, seed: int, **settings: Any) -> list[Path]:
+        """Synthetic photographs as PNG (with lesions, healthy) and JPEG (see :mod:`.examples`)."""
+        return _write_examples(dest, seed=seed, **settings)
 
     def plot(
         self,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,12 +14,14 @@ from rasterio.windows import Window
 from unimae.core.errors import InputError
 from unimae.domains.base import DomainPlugin, Sample, Transform
 from unimae.domains.multispectral.augment import SceneAugment
-from unimae.domains.multispectral.bands import BAND_PRESETS, DEFAULT_BAND_STATS, canonical_band
-from unimae.domains.multispectral.plotting import plot_sample
-from unimae.domains.multispectral.reader import TIFF_SUFFIXES, read_class_map, read_geotiff
+from unimae.domains.multispectral.bands import BAND_PRESETS, DEFAULT_BAND_STATS, canonical_band, preset_channels
+from unimae.domains.multispectral.examples import write_examples as _write_examples
+from unimae.domains.multispectral.plotting import COMPOSITES, plot_sample, rgb_composite
+from unimae.domains.multispectral.reader import TIFF_SUFFIXES, GeoTiffReader, read_class_map, read_geotiff
 from unimae.domains.multispectral.stats import load_band_stats, normalization_for
 from unimae.domains.multispectral.synthetic import LAND_COVER_CLASSES, SyntheticScenes
-from unimae.domains.multispectral.writer import write_geotiff
+from unimae.domains.multispectral.writer import GeoTiffWriter, write_geotiff
+from unimae.domains.sniff import suffix, tiff_info
 
 __all__ = ["MultispectralPlugin"]
 
@@ -59,8 +62,42 @@ class MultispectralPlugin(DomainPlugin):
     all_band_names: ClassVar[tuple[str, ...]] = tuple(BAND_PRESETS["sentinel2_l1c"]["bands"])
     rgb_bands: ClassVar[tuple[str, ...]] = ("B04", "B03", "B02")
     band_presets: ClassVar[dict[str, dict[str, Any]]] = BAND_PRESETS
+    title: ClassVar[str] = "Multispectral"
+    description: ClassVar[str] = (
+        "Satellite scenes: **GeoTIFF** (Sentinel-2, Landsat 8/9 or RGB). Results come back as GeoTIFF with the "
+        "source CRS, transform and nodata; nodata is shown transparent."
+    )
+    display: ClassVar[str] = "scene"
+    composites: ClassVar[dict[str, str]] = {"natural": "natural colour", "false_color": "false colour (NIR)"}
+    channel_noun: ClassVar[str] = "bands"
+    georeferenced: ClassVar[bool] = True
+    result_suffix: ClassVar[str] = ".tif"
+    streams: ClassVar[bool] = True
+    demo_models: ClassVar[dict[str, dict[str, Any]]] = {
+        "classify": {"model": {"patch_size": 8}, "data": {"input_size": 64, "num_val_samples": 32},
+                     "train": {"max_steps": 60, "batch_size": 16}},
+        "segment": {"model": {"patch_size": 8, "feature_size": 8}, "data": {"input_size": 64, "num_val_samples": 4},
+                    "train": {"max_steps": 60, "batch_size": 8, "lr": 3e-3}},
+        "anomaly": {"model": {"patch_size": 8},
+                    "data": {"input_size": 64, "num_val_samples": 32, "val_lesion_prob": 0.5},
+                    "train": {"max_steps": 100, "batch_size": 8}},
+    }  # fmt: skip
+    demo_test_size: ClassVar[int] = 32
+    demo_examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {"size": 96, "nodata_corner": 18},
+        "test": {"size": 40, "nodata_corner": 8},
+    }
 
     # -- files -----------------------------------------------------------------------------------
+    def sniff(self, path: str | Path) -> float:
+        """TIFFs with more than 4 bands or a CRS (1.0); other TIFFs 0.3 (an RGB photograph is likelier, but a
+        model for scenes reads an RGB GeoTIFF that lost its CRS)."""
+        p = Path(path)
+        if not p.is_file() or suffix(p) not in TIFF_SUFFIXES:
+            return 0.0
+        count, crs = tiff_info(p)
+        return 1.0 if count > 4 or crs else 0.3
+
     def read(
         self,
         path: str | Path,
@@ -82,6 +119,10 @@ class MultispectralPlugin(DomainPlugin):
     def read_mask(self, path: str | Path, *, like: Sample | None = None) -> torch.Tensor:
         """A class-map GeoTIFF (one band) or PNG as int64 ``(H, W)``; shape must match ``like``."""
         return read_class_map(path, like=like)
+
+    def preset_channels(self, preset: str) -> list[dict[str, Any]]:
+        """The bands of a band preset (``sentinel2_l1c``, ``landsat8``, ``eurosat`` ...) with their wavelengths."""
+        return [dict(c) for c in preset_channels(preset)]
 
     # -- model space -----------------------------------------------------------------------------
     def preprocess(
@@ -158,13 +199,66 @@ class MultispectralPlugin(DomainPlugin):
         meta: dict[str, Any],
         path: str | Path,
         *,
+        kind: str = "auto",
         nodata: float | None = None,
+        class_names: Sequence[str] | None = None,
         descriptions: Sequence[str | None] | None = None,
     ) -> Path:
-        """Write ``(H, W)`` or ``(C, H, W)`` as a compressed GeoTIFF with the source CRS, transform and nodata."""
+        """Write ``(H, W)`` or ``(C, H, W)`` as a compressed GeoTIFF with the source CRS, transform and ``nodata``.
+
+        The array is on the source grid (scenes are predicted there) and keeps its dtype, whatever ``kind``;
+        ``descriptions`` name the bands (``class_names`` are not stored: a class map has one band).
+        """
         if Path(path).suffix.lower() not in TIFF_SUFFIXES:
             raise InputError("write GeoTIFF results to a .tif or .tiff path", path)
         return write_geotiff(array, meta, path, nodata=nodata, descriptions=descriptions)
+
+    # -- streamed scenes -------------------------------------------------------------------------
+    def open_scene(self, path: str | Path, *, trained_read: Mapping[str, Any] | None = None) -> GeoTiffReader:
+        """A :class:`GeoTiffReader` (open once, read windows); a file that does not name its bands is read in
+        the band order of the model's training files (``trained_read["bands"]``, e.g. EuroSAT's)."""
+        reader = GeoTiffReader(path)
+        bands = (trained_read or {}).get("bands")
+        if bands is not None and reader.bandset.source == "band_count":
+            reader.close()
+            reader = GeoTiffReader(path, bands=bands)
+        return reader
+
+    def scene_writer(
+        self,
+        like: str | Path,
+        path: str | Path,
+        *,
+        count: int,
+        dtype: str,
+        nodata: float | None,
+        descriptions: Sequence[str] | None = None,
+        tile: int = 256,
+    ) -> GeoTiffWriter:
+        """A tiled GeoTIFF writer on the grid (CRS, transform) of the input ``like``."""
+        return GeoTiffWriter.like(like, path, count=count, dtype=dtype, nodata=nodata, descriptions=descriptions,
+                                  tile=tile)  # fmt: skip
+
+    def stream_context(self) -> contextlib.AbstractContextManager:
+        """GDAL's block cache bounded to 64 MB, so a streamed scene's memory does not grow with its size."""
+        import rasterio
+
+        return rasterio.Env(GDAL_CACHEMAX=64 * 2**20)
+
+    # -- display ---------------------------------------------------------------------------------
+    def composite(
+        self, image: np.ndarray, valid: np.ndarray | None, channels: Sequence[Mapping[str, Any]], name: str
+    ) -> np.ndarray:
+        """Natural colour (B04/B03/B02) or false colour (B08/B04/B03), bands chosen by wavelength, robustly
+        stretched (see :func:`~unimae.domains.multispectral.plotting.rgb_composite`)."""
+        if name not in COMPOSITES:
+            raise InputError(f"unknown composite {name!r}; known: {', '.join(COMPOSITES)}")
+        rgba = rgb_composite(image, valid, [dict(c) for c in channels], composite=name)
+        return (np.clip(rgba[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
+
+    def write_examples(self, dest: Path, *, seed: int, **settings: Any) -> list[Path]:
+        """Synthetic Sentinel-2 scenes as GeoTIFF: land cover with a nodata corner, spectral anomalies."""
+        return _write_examples(dest, seed=seed, **settings)
 
     def plot(
         self,

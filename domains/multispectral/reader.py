@@ -313,6 +313,11 @@ class GeoTiffReader:
     def channels(self) -> list[dict]:
         return self.bandset.channels
 
+    @property
+    def may_be_invalid(self) -> bool:
+        """Some pixels may be nodata (a mask, a nodata value, or float samples that may be NaN)."""
+        return bool(self._needs_mask) or np.issubdtype(np.dtype(self.dtype), np.floating)
+
     def close(self) -> None:
         self._ds.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,13 +10,15 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError, look_up
-from unimae.domains.base import DomainPlugin, Sample, channel_list
+from unimae.domains.base import DomainPlugin, Sample, channel_list, result_kind
+from unimae.domains.sniff import dicom_modality, looks_dicom, picture_is_grey, suffix
 from unimae.domains.xray.augment import XRayAugment
 from unimae.domains.xray.dicom_io import read_dicom
 from unimae.domains.xray.image_io import read_image, read_label_image
 from unimae.domains.xray.intensity import apply_clahe, normalization_spec, to_unit
 from unimae.domains.xray.intensity import normalize as normalize_unit
-from unimae.domains.xray.output import write_png
+from unimae.domains.xray.examples import write_examples as _write_examples
+from unimae.domains.xray.output import to_source_grid, write_png
 from unimae.domains.xray.plotting import plot_sample
 from unimae.domains.xray.sniff import check_file, sniff_format
 from unimae.domains.xray.synthetic import FINDINGS, SEG_CLASSES, SyntheticChestXRay
@@ -66,8 +68,36 @@ class XRayPlugin(DomainPlugin):
                      "segment_mode": "resize"},
     }
     default_lesion_prob: ClassVar[float] = 0.5
+    title: ClassVar[str] = "X-ray"
+    description: ClassVar[str] = (
+        "Chest radiographs: **DICOM** (MONOCHROME1/2, VOI LUT) or 8/16-bit **PNG** / **JPEG**. Results come back "
+        "on the radiograph's pixel grid. Patient fields are never read into the app."
+    )
+    spacing_unit: ClassVar[str] = "mm"  # DICOM PixelSpacing / ImagerPixelSpacing (pictures say "pixel")
+    demo_models: ClassVar[dict[str, dict[str, Any]]] = {
+        "classify": {"model": {"patch_size": 8},
+                     "data": {"input_size": 64, "num_val_samples": 32, "crop_scale": [0.85, 1.0], "rotate": 5.0},
+                     "train": {"max_steps": 70, "batch_size": 32, "lr": 2e-3}},
+        "segment": {"model": {"patch_size": 16, "feature_size": 8}, "data": {"input_size": 96, "num_val_samples": 4},
+                    "train": {"max_steps": 50, "batch_size": 4, "lr": 3e-3}},
+        "anomaly": {"model": {"patch_size": 4, "mask_ratio": 0.75},  # a nodule spans a patch
+                    "data": {"input_size": 64, "num_val_samples": 32, "val_lesion_prob": 0.5},
+                    "train": {"max_steps": 80, "batch_size": 16, "lr": 1e-3}},
+    }  # fmt: skip
+    demo_examples: ClassVar[dict[str, dict[str, Any]]] = {"default": {"size": 96}, "test": {"size": 64}}
 
     # -- files -----------------------------------------------------------------------------------
+    def sniff(self, path: str | Path) -> float:
+        """DICOM files whose header is not CT (0.9), grey PNG / JPEG pictures (0.9); colour pictures and the rest 0."""
+        p = Path(path)
+        if not p.is_file():
+            return 0.0
+        if looks_dicom(p):
+            return 0.0 if dicom_modality(p) == "CT" else 0.9
+        if suffix(p) in _IMAGE_EXT:
+            return 0.9 if picture_is_grey(p) else 0.0
+        return 0.0
+
     def read(self, path: str | Path, *, window: bool = True, bits: int | None = None) -> Sample:
         """Read a radiograph into a :class:`Sample` (image ``(1, H, W)`` float32 in ``[0, 1]``).
 
@@ -216,6 +246,10 @@ class XRayPlugin(DomainPlugin):
         )
 
     # -- results ---------------------------------------------------------------------------------
+    def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
+        """Undo the evaluation letterbox (``meta["letterbox"]``) and resize to the radiograph's size."""
+        return to_source_grid(array, meta, kind=result_kind(kind, array))
+
     def write(
         self,
         array: Any,
@@ -223,14 +257,20 @@ class XRayPlugin(DomainPlugin):
         path: str | Path,
         *,
         kind: str = "auto",
+        nodata: float | None = None,
         class_names: Sequence[str] | None = None,
     ) -> Path:
         """Write a label map (integers) or heat map (floats) as a PNG at the source resolution, atomically.
 
         ``array`` may be on the model grid: the letterbox in ``meta`` is undone and the result resized to
-        ``meta["source_shape"]`` (see :func:`~unimae.domains.xray.output.write_png`).
+        ``meta["source_shape"]`` (see :func:`~unimae.domains.xray.output.write_png`); ``class_names`` go into the
+        PNG's text chunk; ``nodata`` is not stored (PNG).
         """
         return write_png(array, meta, path, kind=kind, class_names=class_names)
+
+    def write_examples(self, dest: Path, *, seed: int, **settings: Any) -> list[Path]:
+        """Synthetic radiographs as 8/16-bit PNG and MONOCHROME1 DICOM (see :mod:`.examples`)."""
+        return _write_examples(dest, seed=seed, **settings)
 
     def plot(
         self,
