@@ -1,4 +1,4 @@
-"""The UniMAE web app: one Gradio ``Blocks`` app, a tab per domain, the domain's tasks inside each tab.
+"""The UniMAE web app: one Gradio ``Blocks`` app, a tab per registered domain, the domain's tasks inside each tab.
 
 ::
 
@@ -6,6 +6,9 @@
     unimae app --models runs/ --port 8080        # plus every task checkpoint under runs/
     unimae app --auth alice:secret               # with a login
 
+The tabs and endpoints come from the domain registry (:mod:`unimae.domains`): a domain registered through
+the ``unimae.domains`` entry points or ``register_domain`` gets its tab, its title and introduction, its
+display controls and its endpoints with no change here (the widgets are in :mod:`unimae.apps.ui_tabs`).
 Every callback calls the shared predict layer (:mod:`unimae.apps.predict`: ``load_predictor``,
 ``Predictor.predict``, ``Prediction.with_threshold``, ``write_prediction``) and only formats its results
 for display (:mod:`unimae.apps.ui_render`). Each domain x task is also a named API endpoint
@@ -44,11 +47,14 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from unimae.apps.ui_panel import TASK_TITLES, AppSettings, OutputDirs, TaskPanel, device_summary, warm_up  # noqa: E402
+from unimae.apps.ui_tabs import TASK_HELP, models_tab, picker, task_tab, upload_check  # noqa: E402
 from unimae.core.errors import InputError  # noqa: E402
 
 __all__ = [
     "DOMAIN_TABS",
     "TASK_TITLES",
+    "TASK_HELP",
+    "domain_tabs",
     "AppSettings",
     "OutputDirs",
     "TaskPanel",
@@ -62,29 +68,7 @@ __all__ = [
 
 log = logging.getLogger("unimae.app")
 
-DOMAIN_TABS: tuple[tuple[str, str], ...] = (
-    ("ct", "CT"),
-    ("fundus", "Fundus"),
-    ("xray", "X-ray"),
-    ("multispectral", "Multispectral"),
-)
 _TASK_ORDER = ("segment", "classify", "anomaly")
-DOMAIN_INTRO = {
-    "ct": "Computed tomography volumes: **NIfTI** (`.nii`, `.nii.gz`), a single **DICOM** file or a **zipped "
-    "DICOM series**. Results come back on the scan's own voxel grid (NIfTI with the source affine).",
-    "fundus": "Colour fundus photographs: **PNG**, **JPEG**, **TIFF** or BMP. Results come back on the "
-    "photograph's pixel grid.",
-    "xray": "Chest radiographs: **DICOM** (MONOCHROME1/2, VOI LUT) or 8/16-bit **PNG** / **JPEG**. Results come "
-    "back on the radiograph's pixel grid. Patient fields are never read into the app.",
-    "multispectral": "Satellite scenes: **GeoTIFF** (Sentinel-2, Landsat 8/9 or RGB). Results come back as "
-    "GeoTIFF with the source CRS, transform and nodata; nodata is shown transparent.",
-}
-TASK_HELP = {
-    "segment": "A class for every {unit}, drawn over the image with a legend. Opacity changes the drawing only.",
-    "classify": "Class probabilities for the whole image (independent per finding for multi-label models).",
-    "anomaly": "Reconstruction error of a masked autoencoder trained on normal images only: hot where the "
-    "image departs from normal. The threshold outlines the flagged area (cyan) without re-running the model.",
-}
 APP_CSS = """
 .unimae-legend {display:flex; flex-wrap:wrap; gap:6px 14px; padding:4px 2px; font-size:0.92em}
 .unimae-legend-row {display:flex; align-items:center; gap:6px}
@@ -112,239 +96,34 @@ APP_CSS = """
 # ------------------------------------------------------------------------------------------------
 # layout
 # ------------------------------------------------------------------------------------------------
+def domain_tabs(domains: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """``(domain, tab title)`` of every registered domain (or of ``domains``), in registry order."""
+    from unimae.domains import domain_names, get_domain
+
+    return [(name, get_domain(name).label) for name in domain_names() if domains is None or name in domains]
+
+
 def endpoint_names(domains: Sequence[str] | None = None) -> list[str]:
-    """The API endpoints the app serves: ``/<domain>_<task>`` for every domain and task."""
+    """The API endpoints the app serves: ``/<domain>_<task>`` for every registered domain and its tasks."""
     from unimae.domains import get_domain
 
     names = []
-    for domain, _ in DOMAIN_TABS:
-        if domains is not None and domain not in domains:
-            continue
+    for domain, _ in domain_tabs(domains):
         for task in _TASK_ORDER:
             if task in get_domain(domain).tasks:
                 names.append(f"/{domain}_{task}")
     return names
 
 
-def _task_ui(panel: TaskPanel, file_input: Any, catalog: Any) -> None:
-    """The widgets and events of one task tab (inside the current ``gr.Tab``)."""
-    import gradio as gr
+def __getattr__(name: str) -> Any:
+    """``DOMAIN_TABS`` and ``DOMAIN_INTRO`` (earlier module constants): from the registry, when asked for."""
+    if name == "DOMAIN_TABS":
+        return tuple(domain_tabs())
+    if name == "DOMAIN_INTRO":
+        from unimae.domains import get_domain
 
-    domain, task = panel.domain, panel.task
-    volume = panel.plugin.spatial_dims == 3
-    scene = domain == "multispectral"
-    gr.Markdown(TASK_HELP[task].format(unit="voxel of the volume" if volume else "pixel"), elem_classes=["unimae-help"])
-    with gr.Row(equal_height=False):
-        model = gr.Dropdown(
-            choices=catalog.choices(domain, task), value=catalog.default_key(domain, task),
-            label="model", allow_custom_value=True, scale=5, elem_id=f"{panel.name}-model",
-        )  # fmt: skip
-        with gr.Column(scale=1, min_width=170):
-            run_btn = gr.Button(f"Run {TASK_TITLES[task].lower()}", variant="primary", elem_id=f"{panel.name}-run")
-            refresh = gr.Button("↻ rescan models", size="sm", variant="secondary")
-    card = gr.Markdown(panel.card(catalog.default_key(domain, task)), elem_id=f"{panel.name}-card",
-                       elem_classes=["unimae-card"])  # fmt: skip
-    kw: dict[str, Any] = {}
-    with gr.Row():
-        with gr.Column(scale=3, min_width=360):
-            image = gr.Image(label="result", type="numpy", format="png", interactive=False, height=560,
-                             buttons=["download", "fullscreen"], elem_id=f"{panel.name}-image")  # fmt: skip
-            index = None
-            if volume:
-                index = gr.Slider(0, 1, value=0, step=1, label="slice", interactive=False, elem_id=f"{panel.name}-slice")
-        with gr.Column(scale=2, min_width=300):
-            if task == "classify":
-                summary = gr.Label(label="class probabilities", num_top_classes=10, elem_id=f"{panel.name}-summary")
-            elif task == "segment":
-                summary = gr.HTML(label="legend", elem_id=f"{panel.name}-summary")
-            else:
-                summary = gr.HTML(label="anomaly score", elem_id=f"{panel.name}-summary")
-            threshold = scale = None
-            if task != "classify":
-                kw["opacity"] = gr.Slider(0.0, 1.0, value=0.5 if task == "segment" else 0.6, step=0.05,
-                                          label="overlay opacity")  # fmt: skip
-            if task == "anomaly":  # a scale with the calibrated threshold in the middle, and the value itself
-                scale = gr.Slider(0.0, 1.0, value=0.5, step=0.001, label="threshold scale (middle: calibrated)",
-                                  interactive=False, elem_id=f"{panel.name}-threshold-scale",
-                                  elem_classes=["unimae-scale"])  # fmt: skip
-                threshold = gr.Number(None, label="pixel threshold (no model re-run; type a value and press Enter)",
-                                      minimum=0, interactive=False, elem_id=f"{panel.name}-threshold")  # fmt: skip
-            if volume:
-                windows = list(getattr(panel.plugin, "windows", {}) or {})
-                kw["plane"] = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="view")
-                with gr.Row():
-                    kw["window"] = gr.Dropdown(windows + ["custom"], value="soft_tissue", label="window preset",
-                                               min_width=140)  # fmt: skip
-                    kw["center"] = gr.Number(40, label="level / center (HU)", min_width=90)
-                    kw["width"] = gr.Number(400, label="width (HU)", minimum=1, min_width=90)
-            if scene:
-                kw["composite"] = gr.Radio([("natural colour", "natural"), ("false colour (NIR)", "false_color")],
-                                           value="natural", label="composite")  # fmt: skip
-            status = gr.Markdown(elem_id=f"{panel.name}-status")
-            files = gr.File(label="downloads (source geometry)", file_count="multiple", interactive=False,
-                            elem_id=f"{panel.name}-files")  # fmt: skip
-            with gr.Accordion("report (JSON)", open=False):
-                report = gr.JSON(label="report")
-    view = gr.State(None, time_to_live=panel.settings.output_ttl_s)
-
-    def run(file: str | None, model: str | None = None, opacity: float = 0.5, plane: str = "axial",
-            window: str = "soft_tissue", center: float = 40.0, width: float = 400.0, composite: str = "natural",
-            threshold: float | None = None, progress=gr.Progress(track_tqdm=True)):  # fmt: skip
-        return panel.run(file, model, opacity, plane, window, center, width, composite, threshold=threshold,
-                         progress=progress)  # fmt: skip
-
-    run.__name__ = panel.name
-    run.__doc__ = f"{domain} {task}: returns the overlay image, the summary, the downloads, the report and a status line."
-    outputs = [image, summary, files, report, status, view]
-    run_kw = dict(kw)
-    if task == "anomaly":  # API callers may override the calibrated pixel threshold; the page uses its slider
-        run_kw["threshold"] = gr.Number(value=None, visible=False, label="threshold")
-    event = run_btn.click(
-        run, inputs=[file_input, model], inputs_kwargs=run_kw, outputs=outputs, api_name=panel.name,
-        concurrency_id="predict", concurrency_limit=panel.settings.concurrency,
-    )  # fmt: skip
-    plane_in = kw.get("plane")
-    after = [x for x in (index, scale, threshold) if x is not None]
-    if after:
-
-        def sync(v, plane="axial"):
-            s, sc, t = panel.controls(v, plane)
-            updates = [u for u, c in ((s, index), (sc, scale), (t, threshold)) if c is not None]
-            return updates[0] if len(updates) == 1 else tuple(updates)
-
-        event.then(sync, inputs=[view] + ([plane_in] if plane_in is not None else []), outputs=after,
-                   api_visibility="private", show_progress="hidden")  # fmt: skip
-
-    # redraws: display settings only
-    draw_kw = dict(kw)
-    if index is not None:
-        draw_kw["index"] = index
-
-    def redraw(v, opacity=0.5, plane="axial", index=None, window="soft_tissue", center=40.0, width=400.0,
-               composite="natural"):  # fmt: skip
-        return panel.redraw(v, opacity, plane, index, window, center, width, composite)
-
-    def fire_redraw(trigger: Any) -> None:
-        trigger(redraw, inputs=[view], inputs_kwargs=draw_kw, outputs=[image], api_visibility="private",
-                show_progress="hidden", trigger_mode="always_last", concurrency_id="display",
-                concurrency_limit=4)  # fmt: skip
-
-    if "opacity" in kw:
-        fire_redraw(kw["opacity"].release)
-    if index is not None:
-        fire_redraw(index.input)
-        fire_redraw(index.release)
-    if scene:
-        fire_redraw(kw["composite"].change)
-    if volume:
-
-        def on_plane(v, plane="axial"):
-            return panel.controls(v, plane)[0]
-
-        kw["plane"].change(on_plane, inputs=[view, kw["plane"]], outputs=[index], api_visibility="private",
-                           show_progress="hidden").then(redraw, inputs=[view], inputs_kwargs=draw_kw, outputs=[image],
-                                                        api_visibility="private", show_progress="hidden")  # fmt: skip
-        windows = getattr(panel.plugin, "windows", {}) or {}
-
-        def on_preset(name):
-            if name in windows:
-                c, w = windows[name]
-                return float(c), float(w)
-            return gr.update(), gr.update()
-
-        kw["window"].input(on_preset, inputs=[kw["window"]], outputs=[kw["center"], kw["width"]],
-                           api_visibility="private", show_progress="hidden").then(
-            redraw, inputs=[view], inputs_kwargs=draw_kw, outputs=[image], api_visibility="private",
-            show_progress="hidden")  # fmt: skip
-        for box in (kw["center"], kw["width"]):
-            box.input(lambda: "custom", outputs=[kw["window"]], api_visibility="private", show_progress="hidden")
-            fire_redraw(box.submit)
-            fire_redraw(box.blur)
-    if threshold is not None and scale is not None:
-        # the scale moves the threshold (and the box shows it); a typed threshold applies on Enter or on leaving the
-        # box (and the scale follows); the colour bar keeps its maximum, only the flagged outline changes
-        def from_scale(v, position, opacity=0.5, plane="axial", index=None, window="soft_tissue", center=40.0,
-                       width=400.0, composite="natural"):  # fmt: skip
-            if v is None:
-                return gr.update(), gr.update(), gr.update(), gr.update(), v, gr.update()
-            thr = panel.threshold_from_position(v, position)
-            out = panel.rethreshold(v, thr, opacity, plane, index, window, center, width, composite)
-            return (*out, thr)
-
-        def from_box(v, value, opacity=0.5, plane="axial", index=None, window="soft_tissue", center=40.0,
-                     width=400.0, composite="natural"):  # fmt: skip
-            if v is None or value is None or (v.pred.threshold is not None and float(value) == float(v.pred.threshold)):
-                # nothing new (e.g. leaving the box after Enter): no second re-threshold racing a later scale move
-                return gr.update(), gr.update(), gr.update(), gr.update(), v, gr.update()
-            out = panel.rethreshold(v, value, opacity, plane, index, window, center, width, composite)
-            return (*out, panel.position_from_threshold(v, float(value)))
-
-        common = dict(inputs_kwargs=draw_kw, api_visibility="private", show_progress="minimal",
-                      trigger_mode="always_last", concurrency_id="display", concurrency_limit=4)  # fmt: skip
-        scale.release(from_scale, inputs=[view, scale], outputs=[image, summary, files, report, view, threshold],
-                      **common)  # fmt: skip
-        for trigger in (threshold.submit, threshold.blur):
-            trigger(from_box, inputs=[view, threshold], outputs=[image, summary, files, report, view, scale], **common)
-
-    def rescan(key):
-        skipped = catalog.refresh()
-        if skipped:
-            gr.Warning(f"{len(skipped)} checkpoint(s) skipped: " + "; ".join(skipped[:3]))
-        return _picker(catalog, panel, key)
-
-    refresh.click(rescan, inputs=[model], outputs=[model, card], api_visibility="private", show_progress="hidden")
-    model.change(panel.card, inputs=[model], outputs=[card], api_visibility="private", show_progress="hidden")
-    return model, card
-
-
-def _picker(catalog: Any, panel: TaskPanel, key: str | None) -> tuple[Any, str]:
-    """The model picker's choices (models built after start-up appear) and the card of the model picked."""
-    import gradio as gr
-
-    keys = [k for _, k in catalog.choices(panel.domain, panel.task)]
-    if key not in keys:
-        key = catalog.default_key(panel.domain, panel.task)
-    return gr.update(choices=catalog.choices(panel.domain, panel.task), value=key), panel.card(key)
-
-
-def _upload_check(file_input: Any, note: Any, domain: str) -> None:
-    """A file the tab cannot read gets a readable line at once (a toast and a note under the upload box) and is
-    taken out of the box; a fitting one clears the note."""
-    import gradio as gr
-
-    from unimae.apps.ui_panel import check_upload
-
-    def check(path):
-        problem = check_upload(path, domain)
-        if problem is None:
-            return gr.update(), ""
-        gr.Warning(problem, title="Not a file for this tab")
-        return None, f"⚠️ {problem}"
-
-    file_input.upload(check, inputs=[file_input], outputs=[file_input, note], api_visibility="private",
-                      show_progress="hidden")  # fmt: skip
-
-
-def _models_tab(catalog: Any, settings: AppSettings, cache_note: str) -> None:
-    import gradio as gr
-
-    dev, prec = device_summary(settings)
-    gr.Markdown(
-        f"Models run on **{dev}** ({prec}). Every domain tab lists the models for its tasks. "
-        "Add your own: `unimae app --models DIR` lists every task checkpoint (`NAME.json` + `NAME.safetensors`, "
-        "from `unimae finetune`) under DIR, labelled from its JSON. " + cache_note
-    )
-    table = gr.Dataframe(value=catalog.rows(), headers=list(catalog.columns()), interactive=False, wrap=True,
-                         label="available models")  # fmt: skip
-    btn = gr.Button("↻ rescan the models folder", size="sm")
-
-    def rescan():
-        skipped = catalog.refresh()
-        if skipped:
-            gr.Warning(f"{len(skipped)} checkpoint(s) skipped: " + "; ".join(skipped[:3]))
-        return catalog.rows()
-
-    btn.click(rescan, outputs=[table], api_visibility="private")
+        return {domain: get_domain(domain).description for domain, _ in domain_tabs()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_app(
@@ -366,23 +145,24 @@ def build_app(
     """
     import gradio as gr
 
+    from unimae.domains import get_domain
+
     settings = settings or AppSettings()
     outputs = outputs or OutputDirs(settings.output_ttl_s)
     examples = examples or {}
+    tabs = domain_tabs()
     pickers: list[tuple[TaskPanel, Any, Any]] = []
     with gr.Blocks(title=settings.title, delete_cache=(900, max(900, settings.output_ttl_s))) as demo:
         gr.Markdown(
-            "# UniMAE\nSegmentation, classification and anomaly maps from one masked-autoencoder core, for CT, "
-            "fundus photographs, chest X-rays and multispectral satellite scenes. Upload a file (or click an "
-            "example), pick a task and press **Run**; downloads keep the file's own geometry."
+            "# UniMAE\nSegmentation, classification and anomaly maps from one masked-autoencoder core, a tab per kind "
+            f"of image ({', '.join(title for _, title in tabs)}). Upload a file (or click an example), pick a task "
+            "and press **Run**; downloads keep the file's own geometry."
         )
         with gr.Tabs():
-            for domain, title in DOMAIN_TABS:
-                from unimae.domains import get_domain
-
+            for domain, title in tabs:
                 plugin = get_domain(domain)
                 with gr.Tab(title, id=domain, elem_id=f"tab-{domain}"):
-                    gr.Markdown(DOMAIN_INTRO[domain])
+                    gr.Markdown(plugin.description or f"{title} files ({', '.join(plugin.extensions)}).")
                     with gr.Row():
                         with gr.Column(scale=1, min_width=260):
                             # no file_types filter: the browser would refuse a wrong file silently; check_upload
@@ -390,7 +170,7 @@ def build_app(
                             file_input = gr.File(label=f"{title} file", type="filepath", elem_id=f"{domain}-file",
                                                  elem_classes=["unimae-upload"])  # fmt: skip
                             file_note = gr.Markdown("", elem_id=f"{domain}-file-note")
-                            _upload_check(file_input, file_note, domain)
+                            upload_check(file_input, file_note, domain)
                             ex = [str(p) for p in examples.get(domain, [])]
                             if ex:
                                 gr.Examples(examples=[[p] for p in ex], inputs=[file_input], label="examples (synthetic)",
@@ -403,14 +183,14 @@ def build_app(
                                     with gr.Tab(TASK_TITLES[task], id=f"{domain}-{task}",
                                                 elem_id=f"tab-{domain}-{task}"):  # fmt: skip
                                         panel = TaskPanel(domain, task, catalog, outputs, settings)
-                                        pickers.append((panel, *_task_ui(panel, file_input, catalog)))
+                                        pickers.append((panel, *task_tab(panel, file_input, catalog)))
             with gr.Tab("Models", id="models", elem_id="tab-models"):
-                _models_tab(catalog, settings, cache_note)
+                models_tab(catalog, settings, cache_note)
 
         def on_load(*keys):  # a page opened later sees the demo models built since start-up
             out: list[Any] = []
             for (panel, _, _), key in zip(pickers, keys):
-                out.extend(_picker(catalog, panel, key))
+                out.extend(picker(catalog, panel, key))
             return tuple(out)
 
         demo.load(on_load, inputs=[m for _, m, _ in pickers], outputs=[c for _, m, card in pickers for c in (m, card)],

@@ -51,11 +51,13 @@ from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
-from unimae.core.errors import InputError, look_up
+from unimae.apps.demo_recipes import PROFILE_NAMES, PROFILES, DemoProfile, DemoSpec, _only, _profile, demo_tasks
+from unimae.core.errors import InputError
 from unimae.core.fileio import atomic_path
 
 __all__ = [
     "DEMO_TASKS",
+    "demo_tasks",
     "DemoSpec",
     "DemoProfile",
     "PROFILES",
@@ -81,21 +83,6 @@ DEMO_FORMAT = 1
 DEMO_REVISION = 4  # bump when training or scoring code changes what the same recipe builds (4: model cards; 2: anomaly maps score
 # only the patches the MAE was trained to reconstruct, so the thresholds of an older build are stale; 3: CT
 # examples on the models' 9 mm grid)
-DEMO_TASKS: tuple[tuple[str, str], ...] = (
-    ("ct", "segment"),
-    ("ct", "anomaly"),
-    ("fundus", "classify"),
-    ("fundus", "segment"),
-    ("fundus", "anomaly"),
-    ("xray", "classify"),
-    ("xray", "segment"),
-    ("xray", "anomaly"),
-    ("multispectral", "classify"),
-    ("multispectral", "segment"),
-    ("multispectral", "anomaly"),
-)
-
-
 #: the one line every panel with a synthetic-data model shows, before and after a run
 SYNTHETIC_NOTICE = "demo model trained on synthetic images: its output on real images is not meaningful"
 #: what a shipped model's ``model_card`` must say (``data`` a dict with name, source, licence, citation)
@@ -136,7 +123,7 @@ def shipped_models(root: str | Path | None = None) -> tuple[dict[str, Path], lis
     """The demo models shipped with the project: ``({"<domain>_<task>": <task>.json}, [problems])``.
 
     A model is ``<root>/<domain>/demo/<task>.json`` with ``<task>.safetensors`` beside it, for a domain x task of
-    :data:`DEMO_TASKS`. One that cannot be used (no weights, unreadable JSON, another domain or task than its place
+    :func:`demo_tasks`. One that cannot be used (no weights, unreadable JSON, another domain or task than its place
     says, a model card lacking a key) is left out with a one-line reason: its panel keeps a synthetic-data model.
     """
     from unimae.core.checkpoint_io import FORMAT, read_checkpoint_meta
@@ -145,7 +132,7 @@ def shipped_models(root: str | Path | None = None) -> tuple[dict[str, Path], lis
     base = Path(root).expanduser() if root is not None else shipped_root()
     found: dict[str, Path] = {}
     problems: list[str] = []
-    for domain, task in DEMO_TASKS:
+    for domain, task in demo_tasks():
         json_path = base / domain / "demo" / f"{task}.json"
         if not json_path.is_file():
             continue
@@ -167,161 +154,15 @@ def shipped_models(root: str | Path | None = None) -> tuple[dict[str, Path], lis
 
 
 # ------------------------------------------------------------------------------------------------
-# recipes
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DemoSpec:
-    """How one demo model is fine-tuned: sections of a ``unimae finetune`` config.
-
-    Attributes:
-        domain, task: which model.
-        model: the ``model`` section (a preset plus overrides).
-        data: the ``data`` section (synthetic data: ``input_size``, sizes, preprocessing keys).
-        train: the ``train`` section.
-        anomaly: the ``anomaly`` section (anomaly models).
-    """
-
-    domain: str
-    task: str
-    model: Mapping[str, Any]
-    data: Mapping[str, Any]
-    train: Mapping[str, Any]
-    anomaly: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return f"{self.domain}_{self.task}"
-
-    def config(self, out_dir: Path, seed: int) -> dict[str, Any]:
-        """The finetune config dict (what ``load_finetune_config`` would return for a YAML file): from scratch."""
-        cfg: dict[str, Any] = {
-            "domain": self.domain,
-            "task": self.task,
-            "init": "none",
-            "out_dir": str(out_dir),
-            "seed": int(seed),
-            "resume": False,
-            "model": dict(self.model),
-            "data": dict(self.data),
-            "train": dict(self.train),
-        }
-        if self.task == "anomaly":
-            cfg["anomaly"] = dict(self.anomaly)
-        return cfg
-
-
-@dataclass(frozen=True)
-class DemoProfile:
-    """A set of demo recipes plus the example files' sizes.
-
-    Attributes:
-        name: ``"default"`` or ``"test"``.
-        specs: one :class:`DemoSpec` per domain x task.
-        examples: per-domain example settings (sizes / spacing) matching the models' training data.
-        seed: the seed of every model and example.
-    """
-
-    name: str
-    specs: tuple[DemoSpec, ...]
-    examples: Mapping[str, Mapping[str, Any]]
-    seed: int = 0
-
-
-def _train(steps: int, batch: int, lr: float = 1.5e-3, **extra: Any) -> dict[str, Any]:
-    return {
-        "max_steps": steps, "batch_size": batch, "lr": lr, "warmup_steps": max(1, steps // 15), "min_lr": lr / 20,
-        "weight_decay": 0.02, "val_every": steps, "save_every": steps, "log_every": max(1, steps // 10),
-        "progress": False, "layer_decay": None, "precision": "fp32", "device": "cpu", "num_workers": 0,
-        "keep_last": 1, **extra,
-    }  # fmt: skip
-
-
-# model sizes: the "micro" preset (64 wide), two blocks; CT volumes at 9 mm so a 288 mm trunk fits the crop. Steps
-# are few, one CPU thread (issue 10: the first start within 2 minutes on 2 cores while another process keeps one
-# busy). Measured on the shared development machine (load 8-10 on 2 cores): 183 s of CPU time for all 11 models
-# including imports and examples (CT anomaly and CT segment about half of it). The price is models that are rough
-# even on their own synthetic data (validation: CT Dice 0.70, CT anomaly image AUROC 0.64).
-_MICRO2 = {"preset": "micro", "depth": 2, "drop_path_rate": 0.0}
-_CT_DATA = {"window": "soft_tissue", "spacing": [9.0, 9.0, 9.0]}
-
-
-def _default_specs() -> tuple[DemoSpec, ...]:
-    ms_model = {**_MICRO2, "patch_size": 8}
-    anomaly = {"k": 4, "fpr": 0.05}
-    n = 100_000  # synthetic training samples: each step draws fresh ones
-    return (
-        DemoSpec("ct", "segment", {**_MICRO2, "patch_size": 8, "feature_size": 8},
-                 {"input_size": 32, "num_samples": n, "num_val_samples": 4, **_CT_DATA},
-                 _train(150, 2, 4e-3, class_weights="auto")),
-        # CT anomaly as configs/ct/anomaly.yaml: a variance head, trained hiding what the K masks hide, no flips
-        DemoSpec("ct", "anomaly", {**_MICRO2, "embed_dim": 32, "num_heads": 2, "decoder_dim": 32, "decoder_depth": 1,
-                                   "decoder_heads": 2, "patch_size": 8, "mask_ratio": 0.25, "predict_variance": True},
-                 {"input_size": 32, "num_samples": n, "num_val_samples": 32, "val_lesion_prob": 0.5, "flip_prob": 0.0,
-                  **_CT_DATA}, _train(700, 4), {**anomaly, "sigma": 1.0, "top_fraction": 0.001}),
-        DemoSpec("fundus", "classify", {**_MICRO2, "patch_size": 8},
-                 {"input_size": 96, "num_samples": n, "num_val_samples": 32, "crop_scale": [0.85, 1.0],
-                  "rotate": 10.0}, _train(80, 16, 2e-3)),
-        DemoSpec("fundus", "segment", {**_MICRO2, "patch_size": 16, "feature_size": 8},
-                 {"input_size": 128, "num_samples": n, "num_val_samples": 4}, _train(60, 4, 3e-3)),
-        DemoSpec("fundus", "anomaly", {**_MICRO2, "patch_size": 8},
-                 {"input_size": 128, "num_samples": n, "num_val_samples": 32, "val_lesion_prob": 0.5},
-                 _train(60, 8), anomaly),
-        DemoSpec("xray", "classify", {**_MICRO2, "patch_size": 8},
-                 {"input_size": 64, "num_samples": n, "num_val_samples": 32, "crop_scale": [0.85, 1.0],
-                  "rotate": 5.0}, _train(70, 32, 2e-3)),
-        DemoSpec("xray", "segment", {**_MICRO2, "patch_size": 16, "feature_size": 8},
-                 {"input_size": 96, "num_samples": n, "num_val_samples": 4}, _train(50, 4, 3e-3)),
-        DemoSpec("xray", "anomaly", {**_MICRO2, "patch_size": 4, "mask_ratio": 0.75},  # a nodule spans a patch
-                 {"input_size": 64, "num_samples": n, "num_val_samples": 32, "val_lesion_prob": 0.5},
-                 _train(80, 16, 1e-3), anomaly),
-        DemoSpec("multispectral", "classify", ms_model,
-                 {"input_size": 64, "num_samples": n, "num_val_samples": 32}, _train(60, 16)),
-        DemoSpec("multispectral", "segment", {**ms_model, "feature_size": 8},
-                 {"input_size": 64, "num_samples": n, "num_val_samples": 4}, _train(60, 8, 3e-3)),
-        DemoSpec("multispectral", "anomaly", ms_model,
-                 {"input_size": 64, "num_samples": n, "num_val_samples": 32, "val_lesion_prob": 0.5},
-                 _train(100, 8), anomaly),
-    )  # fmt: skip
-
-
-def _test_specs() -> tuple[DemoSpec, ...]:
-    """The same models, much smaller: a few steps on small inputs (the test suite's profile)."""
-    tiny = {"embed_dim": 32, "depth": 1, "num_heads": 2}
-    decoder = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
-    out = []
-    for spec in _default_specs():
-        model = {**spec.model, **tiny, **(decoder if spec.task == "anomaly" else {}), "preset": "micro"}
-        size = {"ct": 24, "multispectral": 32}.get(spec.domain, 64)
-        data = {**spec.data, "input_size": size, "num_val_samples": 8 if spec.task == "anomaly" else 2}
-        out.append(DemoSpec(spec.domain, spec.task, model, data, _train(4, 2), spec.anomaly))
-    return tuple(out)
-
-
-# example files: sizes chosen so the picture is on the scale the model was trained on
-_DEFAULT_EXAMPLES = {
-    # the demo CT models' own 9 mm grid: the anomaly model knows the noise texture of its training phantoms only, and
-    # reads a volume resampled from 3 mm (smoother) as abnormal throughout (measured: normal example 49 % flagged)
-    "ct": {"size": (32, 32, 32), "spacing": (9.0, 9.0, 9.0)},
-    "fundus": {"size": 128},
-    "xray": {"size": 96},
-    "multispectral": {"size": 96, "nodata_corner": 18},
-}
-_TEST_EXAMPLES = {
-    "ct": {"size": (26, 24, 24), "spacing": (9.0, 9.0, 9.0)},
-    "fundus": {"size": 64},
-    "xray": {"size": 64},
-    "multispectral": {"size": 40, "nodata_corner": 8},
-}
-
-PROFILES: dict[str, DemoProfile] = {
-    "default": DemoProfile("default", _default_specs(), _DEFAULT_EXAMPLES),
-    "test": DemoProfile("test", _test_specs(), _TEST_EXAMPLES),
-}
-
-
-# ------------------------------------------------------------------------------------------------
 # where the cache lives
 # ------------------------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """``DEMO_TASKS`` (an earlier module constant): :func:`demo_tasks`."""
+    if name == "DEMO_TASKS":
+        return demo_tasks()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def cache_root() -> Path:
     """``$UNIMAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/unimae``, else ``~/.cache/unimae``."""
     own = os.environ.get("UNIMAE_CACHE_DIR")
@@ -339,20 +180,6 @@ def _package_version() -> str:
         return version("unimae")
     except Exception:  # noqa: BLE001 - a source checkout without metadata
         return "0+unknown"
-
-
-def _profile(profile: str | DemoProfile) -> DemoProfile:
-    return PROFILES[look_up(profile, PROFILES, what="demo profile")] if isinstance(profile, str) else profile
-
-
-def _only(prof: DemoProfile, build: Sequence[str] | None) -> DemoProfile:
-    """The profile restricted to the models named in ``build`` (None: all of them)."""
-    if build is None:
-        return prof
-    unknown = sorted(set(build) - {s.name for s in prof.specs})
-    if unknown:
-        raise InputError(f"no demo recipe for {', '.join(unknown)}")
-    return dc_replace(prof, specs=tuple(s for s in prof.specs if s.name in set(build)))
 
 
 def demo_version(profile: str | DemoProfile = "default", build: Sequence[str] | None = None) -> str:
@@ -453,53 +280,14 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _write_examples(dest: Path, profile: DemoProfile) -> dict[str, list[str]]:
-    """Example files per domain (relative paths), from the synthetic generators."""
-    from unimae.apps import ui_examples as ux
+    """Example files per domain (relative paths): each plugin's ``write_examples`` from its synthetic generator."""
+    from unimae.domains import get_domain
 
     seed = profile.seed + 7
-    ex = profile.examples
     out: dict[str, list[str]] = {}
-
-    def rel(p: Path) -> str:
-        return p.relative_to(dest).as_posix()
-
-    d = dest / "examples" / "ct"
-    d.mkdir(parents=True, exist_ok=True)
-    ct = ex["ct"]
-    out["ct"] = [
-        rel(ux.write_ct_nifti(d / "phantom_lesions.nii.gz", seed=seed, index=0, size=ct["size"], spacing=ct["spacing"])),
-        rel(ux.write_ct_dicom_zip(d / "phantom_series_dicom.zip", seed=seed, index=1, size=ct["size"],
-                                  spacing=ct["spacing"])),  # fmt: skip
-        rel(ux.write_ct_nifti(d / "phantom_normal.nii.gz", seed=seed, index=2, size=ct["size"], spacing=ct["spacing"],
-                              lesion_prob=0.0)),  # fmt: skip
-    ]
-    d = dest / "examples" / "fundus"
-    d.mkdir(parents=True, exist_ok=True)
-    fs = ex["fundus"]["size"]
-    out["fundus"] = [
-        rel(ux.write_fundus_image(d / "fundus_lesions.png", seed=seed, index=0, size=fs, lesion_prob=1.0)),
-        rel(ux.write_fundus_image(d / "fundus_healthy.png", seed=seed, index=1, size=fs, lesion_prob=0.0)),
-        rel(ux.write_fundus_image(d / "fundus_photo.jpg", seed=seed, index=2, size=fs, lesion_prob=1.0)),
-    ]
-    d = dest / "examples" / "xray"
-    d.mkdir(parents=True, exist_ok=True)
-    xs = ex["xray"]["size"]
-    out["xray"] = [
-        rel(ux.write_xray_png(d / "chest_consolidation.png", seed=seed, index=0, size=xs, findings=("consolidation",))),
-        rel(ux.write_xray_png(d / "chest_normal.png", seed=seed, index=1, size=xs)),
-        rel(ux.write_xray_dicom(d / "chest_cardiomegaly_mono1.dcm", seed=seed, index=2, size=xs,
-                                findings=("cardiomegaly", "nodule"))),  # fmt: skip
-        rel(ux.write_xray_png(d / "chest_nodules_16bit.png", seed=seed, index=3, size=xs, findings=("nodule",), bits=16)),
-    ]
-    d = dest / "examples" / "multispectral"
-    d.mkdir(parents=True, exist_ok=True)
-    ms = ex["multispectral"]
-    out["multispectral"] = [
-        rel(ux.write_scene_geotiff(d / "s2_landcover.tif", seed=seed, index=0, size=ms["size"],
-                                   nodata_corner=ms["nodata_corner"])),  # fmt: skip
-        rel(ux.write_scene_geotiff(d / "s2_anomalies.tif", seed=seed, index=1, size=ms["size"], task="anomaly",
-                                   lesion_prob=1.0)),  # fmt: skip
-    ]
+    for name, settings in profile.examples.items():
+        files = get_domain(name).write_examples(dest / "examples" / name, seed=seed, **settings)
+        out[name] = [Path(f).relative_to(dest).as_posix() for f in files]
     return out
 
 
@@ -771,7 +559,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
     p.add_argument("--dir", default=None, metavar="DIR", help="build into DIR instead of the cache folder")
-    p.add_argument("--profile", default="default", choices=sorted(PROFILES), help=argparse.SUPPRESS)
+    p.add_argument("--profile", default="default", choices=sorted(PROFILE_NAMES), help=argparse.SUPPRESS)
     p.set_defaults(func=run_demo)
     return p
 

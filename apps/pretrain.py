@@ -71,12 +71,7 @@ def resolve_channels(plugin: Any, value: Any) -> list[dict] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        fn = getattr(plugin, "preset_channels", None)
-        if fn is None and plugin.name == "multispectral":
-            from unimae.domains.multispectral import preset_channels as fn
-        if fn is None:
-            raise InputError(f"the {plugin.name} domain has no channel presets; give model.channels as a list")
-        return [dict(c) for c in fn(value)]
+        return [dict(c) for c in plugin.preset_channels(value)]  # the domain's band presets (or a one-line error)
     if isinstance(value, (list, tuple)):
         out = []
         for c in value:
@@ -150,10 +145,10 @@ def pretrain(
     Returns the engine's summary ``{"step", "loss", "model", "checkpoint", "out_dir", "rank"}``.
     """
     from unimae.core import distributed as du
-    from unimae.domains import get_domain
+    from unimae.domains import domain_names, get_domain
 
     if not cfg.get("domain"):
-        raise InputError("the config names no domain (set domain: ct | fundus | xray | multispectral)")
+        raise InputError(f"the config names no domain (set domain: {' | '.join(domain_names())})")
     plugin = get_domain(str(cfg["domain"]))
     model_cfg, data_cfg = dict(cfg.get("model") or {}), dict(cfg.get("data") or {})
     check_keys("model", model_cfg, model_keys())

@@ -203,13 +203,17 @@ def safe_stem(name: str) -> str:
     return _SAFE_STEM.sub("_", name).strip("._") or "input"
 
 
-def describe_input(pred: Any) -> str:
-    """One line about the input's geometry (never patient fields)."""
+def describe_input(pred: Any, plugin: Any = None) -> str:
+    """One line about the input's geometry (never patient fields); ``plugin``: the prediction's domain plugin
+    (default: the registered ``pred.domain``), for the spacing unit and what its channels are called."""
+    from unimae.domains import get_domain
+
+    plugin = plugin if plugin is not None else get_domain(pred.domain)
     meta = pred.meta
     shape = meta.get("source_shape") or (pred.source.spatial_shape if pred.source is not None else ())
     parts = ["×".join(str(int(s)) for s in shape)]
     spacing = meta.get("spacing")
-    unit = meta.get("spacing_unit") or meta.get("spacing_units") or ("mm" if pred.domain in ("ct", "xray") else "")
+    unit = meta.get("spacing_unit") or meta.get("spacing_units") or plugin.spacing_unit or ""
     if spacing is not None and unit not in ("pixel",):
         parts.append("spacing " + "×".join(f"{float(s):.3g}" for s in spacing) + (f" {unit}" if unit else ""))
     if meta.get("orientation"):
@@ -217,8 +221,8 @@ def describe_input(pred: Any) -> str:
     if meta.get("crs_name"):
         parts.append(str(meta["crs_name"]))
     channels = meta.get("channels") or []
-    if pred.domain == "multispectral" and channels:
-        parts.append(f"{len(channels)} bands")
+    if plugin.channel_noun and channels:
+        parts.append(f"{len(channels)} {plugin.channel_noun}")
     if meta.get("nodata") is not None:
         parts.append(f"nodata {meta['nodata']}")
     return ", ".join(parts)
@@ -270,7 +274,6 @@ def card_markdown(entry: Any) -> str:
 _KINDS = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".dcm": "DICOM", ".dicom": "DICOM", ".zip": "zipped DICOM series",
           ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF / GeoTIFF", ".tiff": "TIFF / GeoTIFF",
           ".bmp": "BMP", ".ppm": "PPM"}  # fmt: skip
-_TAB_TITLES = {"ct": "CT", "fundus": "Fundus", "xray": "X-ray", "multispectral": "Multispectral"}
 
 
 def _suffix(name: str) -> str:
@@ -279,9 +282,10 @@ def _suffix(name: str) -> str:
 
 
 def check_upload(path: str | Path | None, domain: str) -> str | None:
-    """None when a file may be what the ``domain`` tab reads (by its name, or DICOM content for CT / X-ray), else
-    one line saying why not and which tab reads it. Content is checked when the model runs."""
-    from unimae.domains import get_domain
+    """None when a file may be what the ``domain`` tab reads (by its name, or its content as the domain's plugin
+    sniffs it: a DICOM file without an extension), else one line saying why not and which tab reads it. Content is
+    checked when the model runs."""
+    from unimae.domains import domain_names, get_domain
 
     if not path:
         return None
@@ -289,17 +293,18 @@ def check_upload(path: str | Path | None, domain: str) -> str | None:
     name = path.name
     suffix = _suffix(name)
     plugin = get_domain(domain)
-    if suffix in plugin.extensions:
+    if suffix in plugin.extensions or plugin.accepts(path):
         return None
-    from unimae.apps.predict import has_dicom_magic  # torch is imported on use, as elsewhere here
-
-    if domain in ("ct", "xray") and has_dicom_magic(path):
-        return None  # a DICOM file without an extension
+    try:
+        if path.is_file() and plugin.sniff(path) > 0:
+            return None
+    except InputError:
+        return None  # the domain would read it but cannot: the model run says why
     kinds = sorted({f"{_KINDS.get(e, e)} ({e})" for e in plugin.extensions})
-    others = [_TAB_TITLES[d] for d in _TAB_TITLES if d != domain and suffix and suffix in get_domain(d).extensions]
+    others = [get_domain(d).label for d in domain_names() if d != domain and suffix and suffix in get_domain(d).extensions]
     hint = f"; a {suffix} file belongs on the {' or '.join(others)} tab" if others else ""
     what = f"a {suffix} file" if suffix else "a file without an extension"
-    return f"{name}: {what} is not something the {_TAB_TITLES[domain]} tab reads (it reads {', '.join(kinds)}){hint}"
+    return f"{name}: {what} is not something the {plugin.label} tab reads (it reads {', '.join(kinds)}){hint}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,7 +332,7 @@ class TaskPanel:
 
     # -- display -------------------------------------------------------------------------------
     def _window(self, window: str | None, center: float | None, width: float | None) -> tuple[float, float]:
-        windows = getattr(self.plugin, "windows", {}) or {}
+        windows = self.plugin.windows
         if window and window != "custom":
             if window not in windows:
                 raise InputError(f"unknown window {window!r}; presets: {', '.join(windows)}, custom")
@@ -371,7 +376,7 @@ class TaskPanel:
         pred = view.pred
         p = getattr(self, "_last_predictor", None)
         device = f"{p.device.type} {p.precision}" if p is not None else ""
-        lines = [f"**{file_name}** · {describe_input(pred)}",
+        lines = [f"**{file_name}** · {describe_input(pred, self.plugin)}",
                  f"{entry.key} · {seconds:.2f} s{' on ' + device if device else ''}"]  # fmt: skip
         if pred.task == "classify":
             chosen = ", ".join(pred.predicted or []) or "none"

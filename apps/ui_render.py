@@ -6,9 +6,11 @@ volume and its results to RAS for display, building the composite of a scene, sh
 pictures for the screen); :func:`render` draws one frame for the current display settings (opacity,
 plane, slice, CT window, composite) and is cheap enough to run on every slider move.
 
-Display conventions follow :mod:`unimae.domains.ct.plot`: axial and coronal views show the patient's
-right on the viewer's left, superior / anterior at the top; sagittal views show anterior on the
-left. Every view keeps the physical aspect ratio of the voxels.
+What is domain-specific comes from the prediction's domain plugin: how it is drawn (``display_kind``:
+a picture, a scene with band composites, or a volume), the volume's axis order for the slice viewer
+(``display_volume``: RAS for CT, so axial and coronal views show the patient's right on the viewer's left,
+superior / anterior at the top; sagittal views show anterior on the left) and voxel size
+(``display_spacing``: every view keeps the physical aspect ratio), and the scene composites (``composite``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError, look_up
+from unimae.domains import get_domain
 
 __all__ = [
     "PLANES",
-    "COMPOSITES",
     "ResultView",
     "prepare_view",
     "with_threshold",
@@ -50,7 +52,6 @@ __all__ = [
 ]
 
 PLANES = ("axial", "coronal", "sagittal")
-COMPOSITES = {"natural": "natural colour (red, green, blue)", "false_color": "false colour (NIR, red, green)"}
 DISPLAY_MAX_SIDE = 1024  # pictures larger than this are shrunk once for the screen (downloads keep full size)
 DISPLAY_MIN_SIDE = 448  # small pictures are enlarged by whole factors (nearest) so overlays stay crisp
 MASK_EDGE = np.array([0, 255, 255], dtype=np.float32)  # the thresholded anomaly mask outline: cyan
@@ -233,27 +234,6 @@ def window_grey(hu: np.ndarray, center: float, width: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # volumes
 # ------------------------------------------------------------------------------------------------
-def _ras(volume: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
-    from unimae.domains.ct.geometry import to_ras_for_display
-
-    if affine is None:
-        return np.ascontiguousarray(volume)
-    return np.ascontiguousarray(to_ras_for_display(volume, np.asarray(affine, dtype=np.float64)))
-
-
-def _ras_spacing(affine: np.ndarray | None) -> tuple[float, float, float]:
-    """Voxel size along the R, A, S axes of the reoriented volume."""
-    if affine is None:
-        return (1.0, 1.0, 1.0)
-    a = np.asarray(affine, dtype=np.float64)[:3, :3]
-    spacing = np.linalg.norm(a, axis=0)
-    world_axis = np.argmax(np.abs(a), axis=0)  # the world axis each voxel axis runs along most
-    out = [1.0, 1.0, 1.0]
-    for voxel_axis, w in enumerate(world_axis):
-        out[int(w)] = float(spacing[voxel_axis])
-    return tuple(out)  # type: ignore[return-value]
-
-
 _PLANE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
@@ -296,7 +276,8 @@ class ResultView:
 
     Attributes:
         pred: the prediction (source grid) from the predict layer.
-        kind: ``"image"`` (photo / radiograph), ``"scene"`` (multispectral) or ``"volume"`` (CT).
+        kind: ``"image"`` (photo / radiograph), ``"scene"`` (band composites) or ``"volume"`` (slices).
+        plugin: the prediction's domain plugin (how its data are drawn).
         base: 2D: the picture ``(H, W, 3)`` uint8 (shrunk for the screen when very large).
         composites: scenes: ``{composite: (H, W, 3) uint8}`` made on demand; ``None`` when unavailable.
         valid: the valid region on the displayed grid (scenes: nodata shown transparent).
@@ -310,6 +291,7 @@ class ResultView:
 
     pred: Any
     kind: str
+    plugin: Any = None
     base: np.ndarray | None = None
     composites: dict[str, np.ndarray | None] = field(default_factory=dict)
     source_image: np.ndarray | None = None
@@ -350,36 +332,40 @@ def _shrink_max(heat: np.ndarray, step: int) -> np.ndarray:
     return padded.reshape(hh // step, step, ww // step, step).max(axis=(1, 3))
 
 
-def prepare_view(pred: Any, plugin: Any) -> ResultView:
-    """The display state of a prediction (see :class:`ResultView`); the source must be kept in ``pred``."""
-    from unimae.apps.predict import display_image
+def prepare_view(pred: Any, plugin: Any = None) -> ResultView:
+    """The display state of a prediction (see :class:`ResultView`); the source must be kept in ``pred``.
+
+    ``plugin``: the prediction's domain plugin (default: the registered ``pred.domain``)."""
+    from unimae.apps.predict_render import display_image
 
     if pred.source is None:
         raise InputError("this prediction kept no source image to display")
+    plugin = plugin if plugin is not None else get_domain(pred.domain)
     names = list(pred.class_names)
     colours = class_colours(names)
     hidden = hidden_classes(names) if pred.task == "segment" else ()
     meta = pred.meta
     src = pred.source
     vmax = heat_vmax(pred.heatmap, pred.threshold) if pred.heatmap is not None else 1.0
-    if src.image.ndim == 4:  # a volume on its source grid
-        affine = meta.get("affine")
-        hu = _ras(_np(src.image[0]).astype(np.float32), affine)
-        valid = _ras(_np(meta["valid"]).astype(bool), affine) if meta.get("valid") is not None else None
-        view = ResultView(pred, "volume", hu=hu, valid=valid, spacing=_ras_spacing(affine), colours=colours,
-                          hidden=hidden, vmax=vmax)  # fmt: skip
+    if src.image.ndim == 4:  # a volume on its source grid, in the viewer's axis order
+        def show(array: Any) -> np.ndarray:
+            return plugin.display_volume(array, meta)
+
+        valid = show(_np(meta["valid"]).astype(bool)) if meta.get("valid") is not None else None
+        view = ResultView(pred, "volume", plugin, hu=show(_np(src.image[0]).astype(np.float32)), valid=valid,
+                          spacing=plugin.display_spacing(meta), colours=colours, hidden=hidden, vmax=vmax)  # fmt: skip
         if pred.label_map is not None:
-            view.labels = _ras(pred.label_map, affine)
+            view.labels = show(pred.label_map)
         if pred.heatmap is not None:
-            view.heat = _ras(pred.heatmap.astype(np.float32), affine)
+            view.heat = show(pred.heatmap.astype(np.float32))
         if pred.anomaly_mask is not None:
-            view.mask = _ras(pred.anomaly_mask.astype(bool), affine)
+            view.mask = show(pred.anomaly_mask.astype(bool))
         return view
     h, w = src.spatial_shape
     step = max(1, int(np.ceil(max(h, w) / DISPLAY_MAX_SIDE)))
     valid = _shrink(_np(src.valid).astype(bool), step)
-    scene = meta.get("crs") is not None or pred.domain == "multispectral"
-    view = ResultView(pred, "scene" if scene else "image", valid=valid, colours=colours, hidden=hidden,
+    scene = meta.get("crs") is not None or plugin.display_kind == "scene"
+    view = ResultView(pred, "scene" if scene else "image", plugin, valid=valid, colours=colours, hidden=hidden,
                       vmax=vmax, step=step)  # fmt: skip
     if scene:
         view.source_image = _np(src.image).astype(np.float32)[:, ::step, ::step]
@@ -403,7 +389,7 @@ def with_threshold(view: ResultView, threshold: float | None) -> ResultView:
     if pred.anomaly_mask is None:
         out.mask = None
     elif view.kind == "volume":
-        out.mask = _ras(pred.anomaly_mask.astype(bool), pred.meta.get("affine"))
+        out.mask = view.plugin.display_volume(pred.anomaly_mask.astype(bool), pred.meta)
     else:
         out.mask = _shrink_max(pred.anomaly_mask.astype(np.float32), view.step) > 0.5
     return out
@@ -430,18 +416,17 @@ def start_slice(view: ResultView, plane: str) -> int:
 
 
 def _composite(view: ResultView, composite: str) -> np.ndarray:
-    from unimae.domains.multispectral.plotting import rgb_composite
-
-    look_up(composite, COMPOSITES, what="composite")
+    """The scene's band composite (the plugin's ``composite``), made once per composite and kept in the view."""
+    labels = view.plugin.composites
+    look_up(composite, labels, what="composite")
     if composite not in view.composites:
         try:
-            rgba = rgb_composite(view.source_image, view.valid, view.channels, composite=composite)
-            view.composites[composite] = (np.clip(rgba[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
+            view.composites[composite] = view.plugin.composite(view.source_image, view.valid, view.channels, composite)
         except InputError:
             view.composites[composite] = None  # e.g. an RGB scene has no near-infrared band
     rgb = view.composites[composite]
     if rgb is None:
-        raise InputError(f"this scene has no bands for a {COMPOSITES[composite]} composite")
+        raise InputError(f"this scene has no bands for a {labels[composite]} composite")
     return rgb
 
 
@@ -476,7 +461,7 @@ def render(
         opacity: overlay opacity in ``[0, 1]``.
         plane, index: volumes: the view and slice (default: the middle slice; clamped to the volume).
         window: volumes: ``(center, width)`` in HU.
-        composite: scenes: ``"natural"`` or ``"false_color"``.
+        composite: scenes: one of the plugin's ``composites`` (``"natural"``, ``"false_color"`` ...).
         show_result: False draws the input alone.
     """
     pred = view.pred

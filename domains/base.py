@@ -132,6 +132,7 @@ class DomainPlugin(ABC):
                      at display time) or ``"volume"`` (slices); None: ``"volume"`` for 3D domains, else ``"image"``
     windows:         intensity windows ``{name: (center, width)}`` the volume viewer offers (CT HU windows)
     default_window:  the window a volume opens with (a key of ``windows``)
+    window_unit:     the unit of a window's center and width (``"HU"``), or ""
     composites:      ``{name: label}`` of the band composites a scene viewer offers
     rgb_bands:       the channel names shown as red, green, blue
     channel_noun:    what channels are called where their count is worth telling (``"bands"``), or None
@@ -166,6 +167,7 @@ class DomainPlugin(ABC):
     display: ClassVar[str | None] = None
     windows: ClassVar[dict[str, tuple[float, float]]] = {}
     default_window: ClassVar[str | None] = None
+    window_unit: ClassVar[str] = ""
     composites: ClassVar[dict[str, str]] = {}
     rgb_bands: ClassVar[tuple[str, ...]] = ()
     channel_noun: ClassVar[str | None] = None

@@ -90,6 +90,7 @@ class CTPlugin(DomainPlugin):
         "series**. Results come back on the scan's own voxel grid (NIfTI with the source affine)."
     )
     default_window: ClassVar[str] = "soft_tissue"
+    window_unit: ClassVar[str] = "HU"
     spacing_unit: ClassVar[str] = "mm"
     result_suffix: ClassVar[str] = ".nii.gz"
     demo_models: ClassVar[dict[str, dict[str, Any]]] = {
