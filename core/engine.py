@@ -30,13 +30,9 @@ Nothing is pickled: tensors go to safetensors, everything else to JSON.
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
-import io
 import json
 import math
 import os
-import random
 import re
 import signal
 import sys
@@ -44,25 +40,44 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from unimae.core import distributed as du
 from unimae.core.checkpoint_io import load_tensors, read_checkpoint_meta, save_checkpoint, save_tensors
-from unimae.core.config import check_keys, dump_config
-from unimae.core.errors import InputError, look_up
-from unimae.core.fileio import atomic_path
+from unimae.core.config import dump_config
+from unimae.core.errors import InputError
+from unimae.core.fileio import atomic_path, link_or_copy
 from unimae.core.losses import mae_loss
-from unimae.core.optim import build_optimizer, build_scheduler, param_groups_weight_decay, scaled_lr
-from unimae.core.precision import PRECISIONS, autocast, resolve_precision
+from unimae.core.mae import reconstruct_image
+from unimae.core.metrics_log import METRIC_FIELDS, MetricsLog, read_metrics
+from unimae.core.optim import build_optimizer, build_scheduler, param_groups_weight_decay, resume_schedule, scaled_lr
+from unimae.core.patch_embed import unpatchify
+from unimae.core.precision import autocast, resolve_precision
+from unimae.core.preview import save_preview
+from unimae.core.train_config import TrainConfig
+from unimae.core.train_data import EpochSampler, EpochView
+from unimae.core.train_state import (
+    STATE_FORMAT,
+    Progress,
+    decode_optimizer,
+    encode_optimizer,
+    encode_rng,
+    mask_generator,
+    mix_seed,
+    restore_rng,
+    rng_state,
+    seed_everything,
+)
 
+# TrainConfig, METRIC_FIELDS, read_metrics, save_preview, mask_generator and seed_everything live in their
+# own modules (train_config, metrics_log, preview, train_state) and are re-exported here, where code imported
+# them from before the engine was split.
 __all__ = [
     "TrainConfig",
     "Trainer",
@@ -75,133 +90,7 @@ __all__ = [
     "save_preview",
 ]
 
-METRIC_FIELDS = ("step", "epoch", "loss", "pixel", "gradient", "lr", "samples_per_s", "time", "val_loss")
-STATE_FORMAT = "unimae-train-state"
 _STEP_JSON = re.compile(r"step_(\d+)\.json")
-_DEVICES = ("auto", "cpu", "cuda")
-
-
-# ------------------------------------------------------------------------------------------------
-# configuration
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class TrainConfig:
-    """The ``train`` section of a config: every field is a ``train.<name>=value`` override.
-
-    Attributes:
-        max_steps: optimizer steps to run; resuming a finished run with a larger value continues it.
-        batch_size: samples per process per micro-batch.
-        accum_steps: micro-batches accumulated per optimizer step.
-        lr: absolute peak learning rate; None scales ``blr`` by the effective batch.
-        blr: base learning rate; ``lr = blr * batch_size * accum_steps * world_size / 256`` (MAE).
-        min_lr: learning rate at the end of the cosine.
-        warmup_steps: linear warmup steps; None = 5% of ``max_steps`` (MAE's 40 of 800 epochs).
-        weight_decay: AdamW decoupled weight decay (none on norms, biases and ``no_weight_decay()``).
-        betas: AdamW betas.
-        clip_grad: clip the gradient norm to this value; None = no clipping.
-        precision: ``auto`` (bf16 where the hardware supports it), ``fp32`` or ``bf16``.
-        device: ``auto`` (the local GPU if any), ``cpu`` or ``cuda``.
-        num_workers: DataLoader worker processes; None = 0 on CPU, up to 8 per GPU.
-        norm_pix: reconstruct normalised patches (MAE's target).
-        gradient_weight: weight of the gradient-map loss when the model has that branch.
-        log_every: steps between rows of ``metrics.csv`` (each row averages the steps since the last).
-        preview_every: steps between PNG previews (and one at the end); 0 = none.
-        val_every: steps between validation losses (and one at the end) when there is validation data.
-        val_batches: most validation batches per evaluation.
-        save_every: steps between checkpoints (and one at the end).
-        keep_last: numbered checkpoints kept on disk (older ones are deleted); 0 keeps all.
-        progress: show a start summary and a progress bar (rank 0).
-        tensorboard: also log to ``out_dir/tb`` when tensorboard is installed.
-        record_indices: write the sample indices each rank trained on to ``sample_indices.json``.
-    """
-
-    max_steps: int = 10_000
-    batch_size: int = 64
-    accum_steps: int = 1
-    lr: float | None = None
-    blr: float = 1.5e-4
-    min_lr: float = 0.0
-    warmup_steps: int | None = None
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip_grad: float | None = None
-    precision: str = "auto"
-    device: str = "auto"
-    num_workers: int | None = None
-    norm_pix: bool = True
-    gradient_weight: float = 0.5
-    log_every: int = 10
-    preview_every: int = 1000
-    val_every: int = 1000
-    val_batches: int = 16
-    save_every: int = 1000
-    keep_last: int = 2
-    progress: bool = True
-    tensorboard: bool = True
-    record_indices: bool = False
-
-    def __post_init__(self) -> None:
-        self.max_steps = _int("max_steps", self.max_steps, 1)
-        self.batch_size = _int("batch_size", self.batch_size, 1)
-        self.accum_steps = _int("accum_steps", self.accum_steps, 1)
-        self.lr = None if self.lr is None else _float("lr", self.lr, 0.0)
-        self.blr = _float("blr", self.blr, 0.0)
-        self.min_lr = _float("min_lr", self.min_lr, 0.0)
-        if self.warmup_steps is not None:
-            self.warmup_steps = _int("warmup_steps", self.warmup_steps, 0)
-        self.weight_decay = _float("weight_decay", self.weight_decay, 0.0)
-        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
-            raise InputError(f"train.betas must be two numbers like [0.9, 0.95], got {self.betas!r}")
-        self.betas = (_float("betas", self.betas[0], 0.0, 1.0), _float("betas", self.betas[1], 0.0, 1.0))
-        self.clip_grad = None if self.clip_grad is None else _float("clip_grad", self.clip_grad, 0.0)
-        self.precision = look_up(str(self.precision), PRECISIONS, what="train.precision")
-        self.device = str(self.device)
-        if self.device.split(":")[0] not in _DEVICES:
-            look_up(self.device, _DEVICES, what="train.device")
-        if self.num_workers is not None:
-            self.num_workers = _int("num_workers", self.num_workers, 0)
-        self.gradient_weight = _float("gradient_weight", self.gradient_weight, 0.0)
-        for name in ("log_every", "val_batches", "save_every"):
-            setattr(self, name, _int(name, getattr(self, name), 1))
-        for name in ("preview_every", "val_every", "keep_last"):
-            setattr(self, name, _int(name, getattr(self, name), 0))
-        for name in ("norm_pix", "progress", "tensorboard", "record_indices"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> TrainConfig:
-        """Build from the ``train`` section; an unknown key lists the known ones with a close match."""
-        values = dict(values or {})
-        check_keys("train", values, cls.keys())
-        return cls(**values)
-
-    def warmup(self) -> int:
-        """Warmup steps actually used (5% of ``max_steps`` when unset, never more than ``max_steps``)."""
-        w = int(round(0.05 * self.max_steps)) if self.warmup_steps is None else self.warmup_steps
-        return min(w, self.max_steps)
-
-
-def _int(name: str, value: Any, low: int) -> int:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or int(value) != value or value < low:
-        raise InputError(f"train.{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _float(name: str, value: Any, low: float, high: float | None = None) -> float:
-    try:
-        out = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        out = math.nan
-    if not math.isfinite(out) or out < low or (high is not None and out >= high):
-        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise InputError(f"train.{name} must be a number {bound}, got {value!r}")
-    return out
 
 
 class NonFiniteLossError(InputError):
@@ -219,340 +108,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 # ------------------------------------------------------------------------------------------------
-# seeding
-# ------------------------------------------------------------------------------------------------
-def _mix(*values: int) -> int:
-    """A 63-bit seed from non-negative integers (numpy's SeedSequence hashing)."""
-    state = np.random.SeedSequence([int(v) for v in values]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31 | int(state[1])) & (2**63 - 1)
-
-
-def mask_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
-    """The CPU generator that draws the masks of one micro-batch: a pure function of its arguments."""
-    return torch.Generator().manual_seed(_mix(seed, step, rank, micro))
-
-
-def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed python ``random``, numpy's global RNG and torch (all devices) from ``(seed, rank)``."""
-    s = _mix(seed, rank)
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _encode_rng(states: Sequence[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """RNG states of every rank as tensors (``rng.{rank}.*``) and JSON scalars."""
-    tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, Any] = {}
-    for rank, st in enumerate(states):
-        tensors[f"rng.{rank}.torch"] = st["torch"]
-        name, keys, pos, has_gauss, cached = st["numpy"]
-        tensors[f"rng.{rank}.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
-        version, internal, gauss_next = st["python"]
-        tensors[f"rng.{rank}.python"] = torch.tensor(internal, dtype=torch.int64)
-        for i, t in enumerate(st.get("cuda", [])):
-            tensors[f"rng.{rank}.cuda.{i}"] = t
-        meta[str(rank)] = {
-            "numpy": [name, int(pos), int(has_gauss), float(cached)],
-            "python": [int(version), gauss_next],
-            "cuda_devices": len(st.get("cuda", [])),
-        }
-    return tensors, meta
-
-
-def _restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], rank: int) -> bool:
-    """Restore this rank's RNG states; False when the checkpoint has none for ``rank``."""
-    m = meta.get(str(rank))
-    if m is None or f"rng.{rank}.torch" not in tensors:
-        return False
-    torch.set_rng_state(tensors[f"rng.{rank}.torch"].to(torch.uint8))
-    name, pos, has_gauss, cached = m["numpy"]
-    np.random.set_state((name, tensors[f"rng.{rank}.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, gauss_next = m["python"]
-    random.setstate((version, tuple(int(v) for v in tensors[f"rng.{rank}.python"].tolist()), gauss_next))
-    n_cuda = int(m.get("cuda_devices", 0))
-    if n_cuda and torch.cuda.is_available() and n_cuda == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([tensors[f"rng.{rank}.cuda.{i}"].to(torch.uint8) for i in range(n_cuda)])
-    return True
-
-
-# ------------------------------------------------------------------------------------------------
-# optimizer state <-> safetensors + JSON
-# ------------------------------------------------------------------------------------------------
-def _encode_optimizer(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{pid}.{key}"] = value
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def _decode_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = value
-    for pid, values in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(values)
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
-    return {"state": state, "param_groups": groups}
-
-
-# ------------------------------------------------------------------------------------------------
-# data: an epoch-aware sampler that can resume in the middle of an epoch
-# ------------------------------------------------------------------------------------------------
-class _EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` over this rank's shard of one epoch, after skipping ``skip`` indices.
-
-    Carrying the epoch in each index lets persistent DataLoader workers apply ``set_epoch`` themselves.
-    """
-
-    def __init__(self, base: DistributedSampler) -> None:
-        self.base = base
-        self.epoch = 0
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.base.set_epoch(epoch)
-        self.epoch, self.skip = int(epoch), int(skip)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in islice(iter(self.base), self.skip, None):
-            yield self.epoch, int(index)
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)
-
-
-class _EpochView(Dataset):
-    """Index with ``(epoch, index)``: sets the dataset's epoch, returns ``image``, ``valid``, ``index`` and ``keys``.
-
-    ``keys`` are further item keys to pass through when present (e.g. ``label``, ``mask`` for fine-tuning).
-    """
-
-    def __init__(self, dataset: Dataset, keys: Sequence[str] = ()) -> None:
-        self.dataset = dataset
-        self.keys = tuple(keys)
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, index = key
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        item = self.dataset[index]
-        if not isinstance(item, Mapping) or "image" not in item:
-            raise TypeError(f"training datasets must return dicts with an 'image' tensor, got {type(item).__name__}")
-        out = {"image": item["image"], "index": torch.tensor(index)}
-        for key in ("valid", *self.keys):
-            if item.get(key) is not None:
-                out[key] = item[key]
-        return out
-
-
-# ------------------------------------------------------------------------------------------------
-# metrics: CSV (+ TensorBoard)
-# ------------------------------------------------------------------------------------------------
-class _MetricsLog:
-    """Rows of ``fields`` (default :data:`METRIC_FIELDS`) appended to ``metrics.csv`` (flushed per row), plus TensorBoard.
-
-    On resume the rows after the resumed step (logged after the last checkpoint) are dropped first,
-    with an atomic rewrite, so the CSV reads as one uninterrupted run.
-    """
-
-    def __init__(
-        self, out_dir: Path, *, resume_step: int | None, tensorboard: bool, fields: Sequence[str] = METRIC_FIELDS
-    ) -> None:
-        self.path = out_dir / "metrics.csv"
-        self.fields = tuple(fields)
-        if resume_step is not None and self.path.is_file():
-            kept = [r for r in read_metrics(self.path) if int(r["step"]) <= resume_step]
-            self._rewrite(kept)
-        else:
-            self._rewrite([])
-        self.file = self.path.open("a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=self.fields)
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # optional dependency
-                SummaryWriter = None  # noqa: N806
-            if SummaryWriter is not None:
-                purge = None if resume_step is None else resume_step + 1
-                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge)
-
-    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.fields)
-        w.writeheader()
-        w.writerows({k: _fmt(r.get(k)) for k in self.fields} for r in rows)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(buf.getvalue())
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        self.writer.writerow({k: _fmt(row.get(k)) for k in self.fields})
-        self.file.flush()
-        if self.tb is not None:
-            step = int(row["step"])
-            for k in self.fields:
-                if k not in ("step", "epoch", "time") and row.get(k) is not None:
-                    self.tb.add_scalar(f"{'val' if k.startswith('val_') else 'train'}/{k}", float(row[k]), step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _fmt(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)  # full precision: resumed runs compare exactly
-    return value
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.csv`` as dicts of numbers, every column (empty cells -> None; a torn last line is skipped)."""
-    rows = []
-    with Path(path).open(newline="") as f:
-        for raw in csv.DictReader(f):
-            try:
-                row = {k: (None if v in ("", None) else float(v)) for k, v in raw.items() if k is not None}
-                row["step"] = int(row["step"])
-                row["epoch"] = int(row["epoch"])
-            except (TypeError, ValueError):
-                continue
-            rows.append(row)
-    return rows
-
-
-# ------------------------------------------------------------------------------------------------
-# previews
-# ------------------------------------------------------------------------------------------------
-_RGB_WAVELENGTHS = (0.665, 0.560, 0.490)  # µm: red, green, blue (Sentinel-2 B04, B03, B02)
-
-
-def _display_channels(channels: Sequence[Mapping[str, Any]] | None, n: int) -> list[int]:
-    """Three channels as RGB (by wavelength when the bands are optical, else the first three), or one."""
-    if n < 3:
-        return [0]
-    waves = [c.get("wavelength") for c in (channels or [])][:n]
-    if len(waves) == n and all(w is not None for w in waves):
-        picks = [int(np.argmin([abs(float(w) - target) for w in waves])) for target in _RGB_WAVELENGTHS]
-        if len(set(picks)) == 3 and all(abs(float(waves[p]) - t) < 0.05 for p, t in zip(picks, _RGB_WAVELENGTHS)):
-            return picks
-    return [0, 1, 2]
-
-
-def _plane(t: torch.Tensor, orientation: str | None) -> np.ndarray:
-    """``(C, *S)`` -> ``(C, rows, cols)``: 2D as is; a volume's middle slice along its last axis.
-
-    For ``RAS`` volumes (``(C, I, J, K)``, the CT plugin's model space) that is the axial slice in
-    radiological display: patient's right on the viewer's left, anterior at the top.
-    """
-    t = t.detach().float().cpu()
-    if t.ndim == 4:
-        t = t[..., t.shape[-1] // 2]  # (C, I, J)
-        if orientation == "RAS":
-            t = t.flip(1).transpose(1, 2).flip(1)
-    return t.numpy()
-
-
-def save_preview(
-    path: str | Path,
-    image: torch.Tensor,
-    masked: torch.Tensor,
-    reconstruction: torch.Tensor,
-    *,
-    hidden: torch.Tensor | None = None,
-    valid: torch.Tensor | None = None,
-    channels: Sequence[Mapping[str, Any]] | None = None,
-    orientation: str | None = None,
-    title: str = "",
-) -> Path:
-    """Write a PNG of ``input | masked | reconstruction`` for one ``(C, *S)`` sample (atomically).
-
-    Volumes show the middle slice of their last axis (axial, radiological, for ``orientation="RAS"``).
-    Three or more channels are shown as RGB (picked by wavelength for multispectral bands), otherwise
-    the first channel in grey. All panels share the input's 1-99 percentile display range over ``valid``
-    pixels; invalid pixels are black and ``hidden`` ``(*S)`` (masked-out patches) is grey.
-    """
-    from matplotlib.figure import Figure
-
-    picks = _display_channels(channels, image.shape[0])
-    img, msk, rec = (_plane(t, orientation)[picks] for t in (image, masked, reconstruction))
-    shape = img.shape[1:]
-    vm = _plane(valid[None], orientation)[0] > 0.5 if valid is not None else np.ones(shape, dtype=bool)
-    hid = _plane(hidden[None], orientation)[0] > 0.5 if hidden is not None else np.zeros(shape, dtype=bool)
-    ref = img[:, vm] if vm.any() else img.reshape(img.shape[0], -1)
-    lo = np.percentile(ref, 1, axis=1)[:, None, None]
-    hi = np.percentile(ref, 99, axis=1)[:, None, None]
-    scale = np.where(hi - lo > 1e-8, hi - lo, 1.0)
-
-    def show(a: np.ndarray, grey_hidden: bool) -> np.ndarray:
-        a = np.clip((a - lo) / scale, 0.0, 1.0) * vm[None]
-        if grey_hidden:
-            a = np.where(hid[None], 0.5, a)
-        return np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0]
-
-    panels = [("input", show(img, False)), ("masked", show(msk, True)), ("reconstruction", show(rec, False))]
-    h, w = shape
-    fig = Figure(figsize=(3 * 3.2, 3.2 * h / max(w, 1) + 0.5), dpi=100)
-    for i, (name, arr) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, i + 1)
-        ax.imshow(arr, cmap=None if arr.ndim == 3 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
-
-
-# ------------------------------------------------------------------------------------------------
 # the trainer
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class _Progress:
-    step: int = 0  # completed optimizer steps
-    epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of this epoch consumed by completed steps (this process)
-    elapsed: float = 0.0  # training seconds over all sessions
-    saved_step: int = -1
-    window: list[torch.Tensor] = field(default_factory=list)
-    window_samples: int = 0
-    window_start: float = 0.0
-    last_loss: float | None = None
-
-
 class Trainer:
     """Masked-autoencoder pretraining of ``model`` on ``train_data``.
 
@@ -612,7 +169,7 @@ class Trainer:
         self.run_config = dict(run_config) if run_config is not None else None
         self.on_step = on_step
         self.channels = list(channels) if channels is not None else None
-        self.progress = _Progress()
+        self.progress = Progress()
         self._warned_unscored = False
         self.indices: list[int] = []
 
@@ -646,7 +203,7 @@ class Trainer:
         self.model = du.wrap_ddp(raw, self.info)
         self.log = None
         if self.is_main:
-            self.log = _MetricsLog(
+            self.log = MetricsLog(
                 self.out_dir, resume_step=resume_step, tensorboard=cfg.tensorboard, fields=self.metric_fields
             )
         if self.is_main and self.run_config is not None:
@@ -654,19 +211,19 @@ class Trainer:
                 tmp.write_text(dump_config(self.run_config))
         self._preview_item = self._pick_preview()
 
-    def _loader(self, data: Dataset, *, shuffle: bool, drop_last: bool) -> tuple[DataLoader, _EpochSampler]:
+    def _loader(self, data: Dataset, *, shuffle: bool, drop_last: bool) -> tuple[DataLoader, EpochSampler]:
         cfg = self.config
         info = self.info
         base = DistributedSampler(
             data, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=self.seed, drop_last=drop_last
         )
-        sampler = _EpochSampler(base)
+        sampler = EpochSampler(base)
         workers = cfg.num_workers
         if workers is None:
             cpus = os.cpu_count() or 1
             workers = min(8, max(1, cpus // self.info.world_size - 1)) if self.device.type == "cuda" else 0
         loader = DataLoader(
-            _EpochView(data, self.batch_keys),
+            EpochView(data, self.batch_keys),
             batch_size=cfg.batch_size,
             sampler=sampler,
             drop_last=drop_last,
@@ -701,7 +258,7 @@ class Trainer:
         if not self.is_main or self.config.preview_every == 0:
             return None
         data = self.val_loader.dataset.dataset if self.val_loader is not None else self.train_data
-        return _EpochView(data)[(0, 0)]
+        return EpochView(data)[(0, 0)]
 
     # -- resume ----------------------------------------------------------------------------------
     def _resume_or_start(self) -> int | None:
@@ -737,12 +294,12 @@ class Trainer:
         if state.get("format") != STATE_FORMAT:
             raise InputError(f"not a training-state file (format {state.get('format')!r})", folder / state_name)
         try:
-            self.optimizer.load_state_dict(_decode_optimizer(state_t, state["optimizer"]))
+            self.optimizer.load_state_dict(decode_optimizer(state_t, state["optimizer"]))
         except (ValueError, KeyError) as err:
             raise InputError(f"optimizer state does not fit the model ({err})", folder / state_name) from None
         p = self.progress
         p.step, p.epoch, p.batches_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batches_in_epoch"])
-        self._restore_schedule(state["scheduler"], p.step)
+        resume_schedule(self.scheduler, self.optimizer, state["scheduler"], p.step)
         p.elapsed = float(state.get("elapsed", 0.0))
         p.saved_step = p.step
         if int(state.get("world_size", 1)) != self.info.world_size:
@@ -752,22 +309,9 @@ class Trainer:
                 print(f"unimae: resuming a {state.get('world_size')}-process run on {self.info.world_size}; "
                       f"starting epoch {p.epoch} afresh")  # fmt: skip
         self._load_extra_state(state.get("extra") or {})
-        if not _restore_rng(state_t, state.get("rng", {}), self.info.rank):
-            seed_everything(_mix(self.seed, p.step), self.info.rank)
+        if not restore_rng(state_t, state.get("rng", {}), self.info.rank):
+            seed_everything(mix_seed(self.seed, p.step), self.info.rank)
         return p.step
-
-    def _restore_schedule(self, saved: Mapping[str, Any], step: int) -> None:
-        """Continue the schedule at ``step`` with this run's settings (peak lr, warmup, ``max_steps``).
-
-        With unchanged settings this reproduces the saved learning rates exactly; a larger
-        ``train.max_steps`` (continuing a finished run) stretches the cosine to the new end.
-        """
-        keep = {k: v for k, v in saved.items() if k not in ("lr_lambdas", "base_lrs", "_last_lr")}
-        self.scheduler.load_state_dict({**self.scheduler.state_dict(), **keep})
-        lrs = [base * fn(step) for base, fn in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
-        for group, base, lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs, lrs):
-            group["initial_lr"], group["lr"] = base, lr
-        self.scheduler._last_lr = lrs  # what get_last_lr() reports
 
     # -- run -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -1005,9 +549,6 @@ class Trainer:
 
     @torch.no_grad()
     def _preview(self) -> Path | None:
-        from unimae.core.mae import reconstruct_image
-        from unimae.core.patch_embed import unpatchify
-
         item = self._preview_item
         if item is None:
             return None
@@ -1068,7 +609,7 @@ class Trainer:
     def _save(self, gather: bool = True) -> Path | None:
         """Write ``step_N`` (model), ``step_N.state`` (training state) and then ``last``; rank 0 only."""
         p = self.progress
-        states = du.all_gather_objects(_rng_state()) if gather else [_rng_state()]
+        states = du.all_gather_objects(rng_state()) if gather else [rng_state()]
         if not self.is_main:
             p.saved_step = p.step
             return None
@@ -1078,8 +619,8 @@ class Trainer:
         p.elapsed = time.perf_counter() - self._session_start
         extra = dict(step=p.step, epoch=p.epoch, checkpoint=name, train_state=state_name, config=self.run_config)
         save_checkpoint(folder / name, self.raw, contract=self._contract(), **extra, **self._checkpoint_meta())
-        opt_t, opt_meta = _encode_optimizer(self.optimizer.state_dict())
-        rng_t, rng_meta = _encode_rng(states)
+        opt_t, opt_meta = encode_optimizer(self.optimizer.state_dict())
+        rng_t, rng_meta = encode_rng(states)
         state_meta = {
             "format": STATE_FORMAT, "version": 1, "step": p.step, "epoch": p.epoch,
             "batches_in_epoch": p.batches_in_epoch, "world_size": self.info.world_size, "seed": self.seed,
@@ -1087,7 +628,7 @@ class Trainer:
             "rng": rng_meta, "checkpoint": name, "extra": self._extra_state(),
         }  # fmt: skip
         save_tensors(folder / state_name, {**opt_t, **rng_t}, state_meta)
-        _link_or_copy(folder / f"{name}.safetensors", folder / "last.safetensors")
+        link_or_copy(folder / f"{name}.safetensors", folder / "last.safetensors")
         with atomic_path(folder / "last.json") as tmp:
             tmp.write_text((folder / f"{name}.json").read_text())
         self._prune(folder)
@@ -1110,15 +651,3 @@ class Trainer:
         if self.is_main:
             with atomic_path(self.out_dir / "sample_indices.json") as tmp:
                 tmp.write_text(json.dumps({"world_size": len(per_rank), "ranks": per_rank}))
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Atomically make ``dst`` the same content as ``src`` (a hard link where possible, else a copy)."""
-    import shutil
-
-    with atomic_path(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)

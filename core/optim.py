@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ __all__ = [
     "build_optimizer",
     "WarmupCosine",
     "build_scheduler",
+    "resume_schedule",
 ]
 
 
@@ -181,3 +182,19 @@ def build_scheduler(
     min_factor = 0.0 if lr <= 0 else float(min_lr) / float(lr)
     fn = WarmupCosine(warmup_steps, total_steps, min_factor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [fn] * len(optimizer.param_groups))
+
+
+def resume_schedule(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], step: int
+) -> None:
+    """Continue ``scheduler`` (built with this run's settings: peak lr, warmup, ``max_steps``) at ``step``.
+
+    With unchanged settings this reproduces the saved learning rates exactly; a larger
+    ``train.max_steps`` (continuing a finished run) stretches the cosine to the new end.
+    """
+    keep = {k: v for k, v in saved.items() if k not in ("lr_lambdas", "base_lrs", "_last_lr")}
+    scheduler.load_state_dict({**scheduler.state_dict(), **keep})
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, base, lr in zip(optimizer.param_groups, scheduler.base_lrs, lrs):
+        group["initial_lr"], group["lr"] = base, lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports

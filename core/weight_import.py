@@ -41,39 +41,42 @@ Adaptation to the target model:
 * width / depth / MLP-ratio mismatches are never loaded: they are listed as mismatched, missing or
   unexpected in the :class:`ImportReport`.
 
-Files: ``.safetensors`` are read without unpickling. ``.pth/.pt/.bin/.ckpt`` files are pickles and are
-read only with ``allow_pickle=True``, and then only through ``torch.load(weights_only=True)``, which
-refuses arbitrary objects (``argparse.Namespace`` and numpy scalars, found in MAE / timm training
-checkpoints, are allowed). :func:`save_as_safetensors` converts such a file once.
+Files are read by :mod:`unimae.core.weight_files` (safetensors, or opt-in restricted pickles) and the
+tensors adapted by :mod:`unimae.core.weight_adapt`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from timm.models import adapt_input_conv
 from torch import nn
 
 from unimae.core.encoder import ViTEncoder
 from unimae.core.errors import InputError, look_up
-from unimae.core.fileio import atomic_path
-from unimae.core.patch_embed import inflate_patch_weight
-from unimae.core.pos_embed import sincos_pos_embed
+from unimae.core.weight_adapt import (
+    MAX_GRID_CANDIDATES,
+    adapt_patch_weight,
+    adapt_pred_weight,
+    looks_sincos,
+    recognise_sincos,
+    resample_patch_kernel,
+    split_prefix,
+)
+from unimae.core.weight_files import MAE_DECODER_KEY, NEST_KEYS, PICKLE_SUFFIXES, read_state_dict, save_as_safetensors
 
+# the file reading (weight_files) and the tensor adaptation (weight_adapt) are their own modules; the names
+# importers used from here before the split are re-exported
 __all__ = [
     "LAYOUTS",
+    "PICKLE_SUFFIXES",
+    "NEST_KEYS",
+    "MAX_GRID_CANDIDATES",
     "ImportReport",
     "import_weights",
     "read_state_dict",
@@ -85,20 +88,14 @@ __all__ = [
 ]
 
 LAYOUTS = ("auto", "timm", "mae", "monai", "unimae")
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl")
-#: keys under which training checkpoints nest the model's state dict, in order of preference
-NEST_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "network")
 #: RMS tolerances for recognising a sin-cos position table exactly (float32 tables are within ~1e-6);
 #: the tightest that succeeds is used, so near-identical low-frequency columns are not confused
 SINCOS_EXACT_TOLS = (1e-5, 1e-3)
 SINCOS_EXACT_TOL = SINCOS_EXACT_TOLS[-1]
 #: RMS tolerance for a table that started as sin-cos and drifted a little in fine-tuning
 SINCOS_NEAR_TOL = 0.1
-#: how many grid factorisations of the token count are tried when recognising a position table
-MAX_GRID_CANDIDATES = 16
 
 POS_SINCOS_NOTE = "unused: fixed sin-cos used"
-_MAE_DECODER = re.compile(r"^(mask_token|decoder_(embed|blocks|norm|pred)\b.*)$")
 _TIMM_ENCODER = re.compile(r"^(cls_token|patch_embed\..+|blocks\.\d+\..+|norm\.(weight|bias))$")
 _UNUSED_REASONS = (
     (re.compile(r"^(head|head_dist|heads)\."), "classification head, not part of the encoder"),
@@ -199,163 +196,6 @@ def _group(keys: Sequence[str], limit: int = 6) -> str:
     return ", ".join(items[:limit]) + more
 
 
-# -- reading ------------------------------------------------------------------------------------------
-
-
-def _file_kind(path: Path) -> str:
-    """``"safetensors"``, ``"pickle"`` or ``"unknown"``, from the file's first bytes, then its suffix."""
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    size = path.stat().st_size
-    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
-        return "safetensors"  # u64 header length, then a JSON header
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive / legacy pickle protocol 2+
-        return "pickle"
-    if path.suffix.lower() == ".safetensors":
-        return "safetensors"
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return "pickle"
-    return "unknown"
-
-
-def _safe_pickle_globals() -> list[Any]:
-    """Benign non-tensor objects that MAE / timm training checkpoints carry besides the weights."""
-    allowed: list[Any] = [argparse.Namespace]
-    try:
-        import numpy as np
-
-        core = getattr(np, "_core", None) or np.core
-        allowed += [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
-        dtypes = getattr(np, "dtypes", None)
-        if dtypes is not None:
-            allowed += [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType")
-                        if hasattr(dtypes, n)]
-    except Exception:  # numpy is optional here
-        pass
-    return allowed
-
-
-def _load_pickle(path: Path) -> Any:
-    try:
-        with torch.serialization.safe_globals(_safe_pickle_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        m = re.search(r"GLOBAL ([\w.]+)", str(err), flags=re.IGNORECASE)
-        if m is None:  # bad opcodes: not a pickle torch wrote, or damaged
-            raise InputError("is not a readable PyTorch file (corrupt, truncated or not a torch checkpoint)", path) from err
-        raise InputError(
-            f"refused to load: the pickle holds a non-tensor object ({m.group(1)}) that safe loading "
-            "(torch.load weights_only=True) does not allow; extract the state dict in a trusted "
-            "environment and save it as .safetensors",
-            path,
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as err:
-        first = (str(err).splitlines() or [""])[0].split(". ")[0][:100]
-        detail = f": {first}" if len(first) > 8 else ""
-        raise InputError(
-            f"is not a readable PyTorch file (corrupt, truncated or not a torch checkpoint{detail})", path
-        ) from err
-
-
-def _unwrap(obj: Any, path: Path | None) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a checkpoint (``{"model": ...}``, ``{"state_dict": ...}`` ...)."""
-    for _ in range(6):
-        if not isinstance(obj, Mapping):
-            raise InputError(f"does not hold a state dict (found {type(obj).__name__})", path)
-        nested = next((k for k in NEST_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if nested is None:
-            break
-        obj = obj[nested]
-    out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        if isinstance(v, torch.Tensor):
-            out[str(k)] = v
-        elif type(v).__module__ == "numpy" and hasattr(v, "dtype") and getattr(v, "ndim", 0) > 0:
-            out[str(k)] = torch.as_tensor(v)
-    if not out:
-        keys = ", ".join(map(str, list(obj)[:6]))
-        raise InputError(f"holds no tensors (top-level keys: {keys or 'none'})", path)
-    return out
-
-
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop DDP / torch.compile / wrapper prefixes (``module.``, ``_orig_mod.``, ``backbone.`` ...)."""
-    def strip(p: str, only_if_all: bool) -> bool:
-        nonlocal sd
-        hits = [k for k in sd if k.startswith(p)]
-        if not hits or (only_if_all and len(hits) != len(sd)):
-            return False
-        new = {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
-        if len(new) != len(sd):  # stripping would collide: keep the keys as they are
-            return False
-        sd = new
-        return True
-
-    changed = True
-    while changed:
-        changed = any([strip(p, False) for p in ("module.", "_orig_mod.")])
-        changed = changed or any(strip(p, True) for p in ("model.", "net.", "backbone.", "encoder.", "vit."))
-    # a backbone beside a head (linear-probe checkpoints): ``backbone.blocks...`` + ``head.*``
-    if any(k.startswith("backbone.blocks.") for k in sd):
-        strip("backbone.", False)
-    # a timm ViT nested as ``encoder.*`` beside a head (UniMAE's own ``encoder.*`` has no pos_embed)
-    if "encoder.pos_embed" in sd and not any(_MAE_DECODER.match(k) for k in sd):
-        strip("encoder.", False)
-    return sd
-
-
-def read_state_dict(source: str | Path | Mapping[str, Any], *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """A flat ``{name: tensor}`` state dict from a dict, a ``.safetensors`` file or (opt-in) a torch pickle.
-
-    Nested checkpoints (``{"model": ...}``, ``{"state_dict": ...}``, ``{"module": ...}``) are unwrapped and
-    ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``backbone.`` / ``encoder.`` / ``model.`` wrapper
-    prefixes are removed. Bad files raise :class:`InputError` with a one-line message.
-    """
-    if isinstance(source, Mapping):
-        return _strip_prefixes(_unwrap(source, None))
-    path = Path(source)
-    if not path.exists() and not path.suffix and path.with_name(path.name + ".safetensors").is_file():
-        path = path.with_name(path.name + ".safetensors")  # a UniMAE checkpoint given by its stem
-    if not path.exists():
-        raise InputError("weights file not found", path)
-    if path.is_dir():
-        raise InputError("is a folder; expected a weights file (.safetensors, or .pth/.pt/.bin with allow_pickle)", path)
-    kind = _file_kind(path)
-    if kind == "safetensors":
-        try:
-            obj: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            first = (str(err).splitlines() or [type(err).__name__])[0][:120]
-            raise InputError(f"is not a readable safetensors file (corrupt or truncated: {first})", path) from err
-    elif kind == "pickle":
-        if not allow_pickle:
-            raise InputError(
-                "is a PyTorch pickle, and loading a pickle can run code; pass allow_pickle=True to load it "
-                "with torch.load(weights_only=True), which refuses arbitrary objects, or convert it once "
-                "to .safetensors (unimae.core.weight_import.save_as_safetensors)",
-                path,
-            )
-        obj = _load_pickle(path)
-    else:
-        raise InputError("unknown weights format; expected .safetensors, or a PyTorch .pth/.pt/.bin file", path)
-    return _strip_prefixes(_unwrap(obj, path))
-
-
-def save_as_safetensors(
-    source: str | Path | Mapping[str, Any], path: str | Path, *, allow_pickle: bool = False
-) -> Path:
-    """Convert a weights file (e.g. a ``.pth`` read with ``weights_only``) to ``.safetensors``, atomically.
-
-    Only the (unwrapped, prefix-stripped) state dict is kept. Returns the written path.
-    """
-    sd = read_state_dict(source, allow_pickle=allow_pickle)
-    clean = {k: v.detach().to("cpu").clone().contiguous() for k, v in sd.items()}  # no shared storage
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(clean, str(tmp))
-    return path
-
-
 # -- layouts ------------------------------------------------------------------------------------------
 
 
@@ -368,7 +208,7 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
         return "unimae"
     timm_like = "patch_embed.proj.weight" in keys or any(re.match(r"^blocks\.\d+\.attn\.qkv\.", k) for k in keys)
     if timm_like:
-        if any(_MAE_DECODER.match(k) for k in keys):
+        if any(MAE_DECODER_KEY.match(k) for k in keys):
             return "mae" if "pos_embed" in keys or "decoder_pos_embed" in keys else "unimae"
         return "timm" if "pos_embed" in keys else "unimae"
     sample = ", ".join(keys[:5])
@@ -417,7 +257,7 @@ def _canon_timm_family(sd: dict[str, torch.Tensor], layout: str) -> _Canon:
             c.put(k, v, k)
         elif _TIMM_ENCODER.match(k) and not _unused_reason(k).startswith("LayerScale"):
             c.put("encoder." + k, v, k)
-        elif _MAE_DECODER.match(k) or (layout == "unimae" and k.startswith("gradient_")):
+        elif MAE_DECODER_KEY.match(k) or (layout == "unimae" and k.startswith("gradient_")):
             if layout == "timm":
                 c.unused[k] = "decoder keys are not part of the timm layout (use layout='mae')"
             else:
@@ -511,94 +351,6 @@ def _canon_monai(sd: dict[str, torch.Tensor], target: ViTEncoder) -> _Canon:
     return c
 
 
-# -- position embeddings ------------------------------------------------------------------------------
-
-
-def _grid_candidates(n: int, dims: int) -> list[tuple[int, ...]]:
-    """Factorisations of ``n`` tokens into ``dims`` grid sizes, most isotropic first."""
-    out: list[tuple[int, ...]] = []
-
-    def rec(rest: int, left: int, acc: tuple[int, ...]) -> None:
-        if left == 1:
-            out.append(acc + (rest,))
-            return
-        for d in range(1, rest + 1):
-            if rest % d == 0:
-                rec(rest // d, left - 1, acc + (d,))
-
-    if n > 0:
-        rec(n, dims, ())
-    out.sort(key=lambda g: (max(g) / min(g), g))
-    return out[:MAX_GRID_CANDIDATES]
-
-
-def _match_columns(src: torch.Tensor, ref: torch.Tensor, tol: float) -> tuple[list[int], float] | None:
-    """A permutation ``perm`` with ``ref[:, i] ~ src[:, perm[i]]`` (RMS over rows <= tol), and the worst RMS.
-
-    The identity is kept when it fits; otherwise the assignment of least total squared difference
-    (``scipy.optimize.linear_sum_assignment``), so near-constant low-frequency columns that are
-    interchangeable on this grid are paired as closely as possible.
-    """
-    from scipy.optimize import linear_sum_assignment  # scipy comes with scikit-image
-
-    n_rows, width = ref.shape
-    # cheap necessary condition: a column permutation keeps the multiset of column norms, and
-    # |norm(a) - norm(b)| <= norm(a - b), so the sorted norms must agree within the tolerance
-    norms_src = src.double().norm(dim=0).sort().values
-    norms_ref = ref.double().norm(dim=0).sort().values
-    if float((norms_src - norms_ref).abs().max()) / math.sqrt(n_rows) > tol:
-        return None
-    dist = torch.cdist(ref.T.double(), src.T.double()) / math.sqrt(n_rows)  # (E ref, E src)
-    diag = dist.diagonal()
-    if bool((diag <= tol).all()):
-        return list(range(width)), float(diag.max())
-    if not bool((dist <= tol).any(1).all()) or not bool((dist <= tol).any(0).all()):
-        return None
-    rows, cols = linear_sum_assignment(dist.pow(2).numpy())
-    perm = [0] * width
-    for r, c in zip(rows.tolist(), cols.tolist()):
-        perm[r] = c
-    worst = float(dist[torch.arange(width), torch.tensor(perm)].max())
-    return (perm, worst) if worst <= tol else None
-
-
-def _looks_sincos(table: torch.Tensor) -> bool:
-    """Every row of a sin-cos table has the same norm, sqrt(pairs) (sin^2 + cos^2 = 1): a cheap pre-check."""
-    width = table.shape[1]
-    norms = table.double().norm(dim=1)
-    # pairs is at most width / 2 (fewer when the width is not divisible by 2 * dims, zero-filled)
-    lo, hi = math.sqrt(max(width / 2 - 3, 1)) * 0.8, math.sqrt(width / 2) * 1.2
-    return bool(((norms >= lo) & (norms <= hi)).all())
-
-
-def _recognise_sincos(
-    table: torch.Tensor, dims: int, tols: Sequence[float]
-) -> tuple[list[int], tuple[int, ...], float] | None:
-    """Match a ``(N, E)`` table to UniMAE's sin-cos on some grid up to a channel permutation."""
-    n, width = table.shape
-    for grid in _grid_candidates(n, dims):
-        try:
-            ref = sincos_pos_embed(grid, width, dtype=torch.float64)
-        except ValueError:
-            return None
-        for tol in tols:
-            hit = _match_columns(table.double(), ref, tol)
-            if hit is not None:
-                return hit[0], grid, hit[1]
-    return None
-
-
-def _split_prefix(table: torch.Tensor, prefix: int | None, has_cls: bool, dims: int) -> list[int]:
-    """Class-token rows to try for a position table: explicit, or by which count leaves a regular grid."""
-    if prefix is not None:
-        return [prefix]
-    if not has_cls:
-        return [0]
-    n = table.shape[0]
-    regular = lambda m: m > 0 and round(m ** (1.0 / dims)) ** dims == m  # noqa: E731
-    return [1, 0] if regular(n - 1) or not regular(n) else [0, 1]
-
-
 # -- stream permutation ------------------------------------------------------------------------------
 
 _ENC_ROWS = re.compile(r"^encoder\.(patch_embed\.proj\.(weight|bias)|blocks\.\d+\.(attn\.proj|mlp\.fc2)\.(weight|bias))$")
@@ -639,7 +391,7 @@ def _handle_positions(c: _Canon, report: ImportReport, dims: int) -> None:
         width = table.shape[-1]
         # MAE-style decoders always carry the class token; the encoder only if the source has one
         has_cls = which == "decoder" or "encoder.cls_token" in c.tensors
-        tried = _split_prefix(table, c.pos_prefix_rows, has_cls, dims)
+        tried = split_prefix(table, c.pos_prefix_rows, has_cls, dims)
         hit = None
         prefix = tried[0]
         for p in tried:
@@ -649,8 +401,8 @@ def _handle_positions(c: _Canon, report: ImportReport, dims: int) -> None:
             if bool((body == 0).all()):
                 prefix = p
                 break
-            if _looks_sincos(body):
-                hit = _recognise_sincos(body, dims, SINCOS_EXACT_TOLS) or _recognise_sincos(body, dims, (SINCOS_NEAR_TOL,))
+            if looks_sincos(body):
+                hit = recognise_sincos(body, dims, SINCOS_EXACT_TOLS) or recognise_sincos(body, dims, (SINCOS_NEAR_TOL,))
             if hit is not None:
                 prefix = p
                 break
@@ -698,135 +450,6 @@ def _handle_positions(c: _Canon, report: ImportReport, dims: int) -> None:
                 f"permuted so it computes exactly what the source computed (output channel i = source channel "
                 f"{which}_permutation[i])"
             )
-
-
-# -- kernel adaptation ---------------------------------------------------------------------------------
-
-
-def _resize_matrix(n_old: int, n_new: int) -> torch.Tensor:
-    """``(n_new, n_old)`` 1D bicubic antialiased resize (as torch/timm resize a patch along one axis)."""
-    eye = torch.eye(n_old, dtype=torch.float32).reshape(n_old, 1, 1, n_old)
-    out = F.interpolate(eye, size=(1, n_new), mode="bicubic", antialias=True, align_corners=False)
-    return out.reshape(n_old, n_new).T.double()
-
-
-def resample_patch_kernel(weight: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
-    """Resample a patch projection ``(E, C, *p)`` to ``(E, C, *patch_size)`` (FlexiViT pseudo-inverse).
-
-    The new kernel ``w'`` solves ``<resize(x), w'> ~ <x, w>`` for bicubic antialiased resizing, axis by axis
-    (the resize is separable, so this equals timm's ``resample_patch_embed`` in 2D and extends it to 3D).
-    """
-    nd = weight.ndim - 2
-    if len(patch_size) != nd:
-        raise ValueError(f"patch_size {tuple(patch_size)} does not match a {nd}D kernel {tuple(weight.shape)}")
-    out = weight.double()
-    for axis, n_new in zip(range(2, 2 + nd), patch_size):
-        n_old = out.shape[axis]
-        if n_old == n_new:
-            continue
-        pinv = torch.linalg.pinv(_resize_matrix(n_old, int(n_new)))  # (n_old, n_new)
-        out = torch.movedim(torch.movedim(out, axis, -1) @ pinv, -1, axis)
-    return out.to(weight.dtype)
-
-
-def _resize_output(values: torch.Tensor, patch_size: Sequence[int], first_axis: int) -> torch.Tensor:
-    """Resize predicted pixels ``(..., *p, ...)`` (axes from ``first_axis``) to ``patch_size`` (forward resize)."""
-    out = values.double()
-    for i, n_new in enumerate(patch_size):
-        axis = first_axis + i
-        if out.shape[axis] == n_new:
-            continue
-        mat = _resize_matrix(out.shape[axis], int(n_new))  # (n_new, n_old)
-        out = torch.movedim(torch.movedim(out, axis, -1) @ mat.T, -1, axis)
-    return out.to(values.dtype)
-
-
-def _channel_rule(src: int, dst: int) -> str | None:
-    """How ``src`` input channels become ``dst`` (None: no sensible mapping)."""
-    if src == dst:
-        return ""
-    if dst == 1:
-        return f"{src} -> 1 channel by summing the kernels (timm adapt_input_conv)"
-    if dst > src:
-        return f"{src} -> {dst} channels by cycling the kernels, scaled by {src}/{dst} (timm adapt_input_conv)"
-    return None
-
-
-def adapt_patch_weight(
-    weight: torch.Tensor, *, in_chans: int, patch_size: Sequence[int]
-) -> tuple[torch.Tensor, list[str]]:
-    """Adapt a patch projection ``(E, C, *p)`` (2D or 3D) to ``(E, in_chans, *patch_size)``.
-
-    Channels follow timm's ``adapt_input_conv``; the patch is resampled with :func:`resample_patch_kernel`;
-    a 2D kernel for a 3D ``patch_size`` is resampled in-plane and inflated over depth by averaging, so a
-    volume of identical slices embeds like the 2D image. Returns the kernel and what was done; raises
-    ``ValueError`` when no mapping exists (3D -> 2D, or fewer channels other than 1).
-    """
-    src_dims, dst_dims = weight.ndim - 2, len(patch_size)
-    done: list[str] = []
-    e, c = weight.shape[:2]
-    rule = _channel_rule(c, in_chans)
-    if rule is None:
-        raise ValueError(f"no sensible mapping of {c} input channels onto {in_chans}")
-    if src_dims == 3 and dst_dims == 2:
-        raise ValueError("a 3D patch kernel cannot be used by a 2D model")
-    if rule:
-        flat = weight.float().reshape(e, c, -1, weight.shape[-1])  # adapt_input_conv wants 4D
-        flat = adapt_input_conv(in_chans, flat, base_chans=c)
-        weight = flat.reshape(e, in_chans, *weight.shape[2:]).to(weight.dtype)
-        done.append(rule)
-    in_plane = tuple(patch_size[-src_dims:]) if dst_dims > src_dims else tuple(patch_size)
-    if tuple(weight.shape[2:]) != in_plane:
-        old = tuple(weight.shape[2:])
-        weight = resample_patch_kernel(weight, in_plane)
-        done.append(f"patch {list(old)} -> {list(in_plane)} resampled (FlexiViT pseudo-inverse of bicubic resize)")
-    if dst_dims > src_dims:
-        weight = inflate_patch_weight(weight, int(patch_size[0]), mode="average")
-        done.append(f"2D kernel inflated to 3D over depth {patch_size[0]} (averaged)")
-    return weight, done
-
-
-def adapt_pred_weight(
-    weight: torch.Tensor,
-    *,
-    src_chans: int,
-    src_patch: Sequence[int],
-    out_chans: int,
-    patch_size: Sequence[int],
-) -> tuple[torch.Tensor, list[str]]:
-    """Adapt ``decoder_pred`` rows ``(C * P, ...)`` in UniMAE's ``(channel, pixel)`` order to a new target.
-
-    Works for the weight ``(C*P, D)`` and the bias ``(C*P,)``. Channels: ``C -> 1`` averages the channel
-    predictions, ``C -> more`` cycles them; pixels are resized (bicubic) to ``patch_size`` and a 2D patch is
-    repeated over the depth of a 3D one.
-    """
-    tail = tuple(weight.shape[1:])
-    src_patch = tuple(int(p) for p in src_patch)
-    if weight.shape[0] != src_chans * math.prod(src_patch):
-        raise ValueError(f"decoder_pred has {weight.shape[0]} rows, not {src_chans} x {math.prod(src_patch)}")
-    src_dims, dst_dims = len(src_patch), len(patch_size)
-    if src_dims == 3 and dst_dims == 2:
-        raise ValueError("a 3D patch prediction cannot be used by a 2D model")
-    w = weight.reshape(src_chans, *src_patch, *tail)
-    done: list[str] = []
-    if out_chans != src_chans:
-        if out_chans == 1:
-            w = w.mean(0, keepdim=True)
-            done.append(f"{src_chans} -> 1 output channel by averaging the channel predictions")
-        elif out_chans > src_chans:
-            reps = math.ceil(out_chans / src_chans)
-            w = w.repeat(reps, *([1] * (w.ndim - 1)))[:out_chans]
-            done.append(f"{src_chans} -> {out_chans} output channels by cycling the channel predictions")
-        else:
-            raise ValueError(f"no sensible mapping of {src_chans} predicted channels onto {out_chans}")
-    in_plane = tuple(patch_size[-src_dims:]) if dst_dims > src_dims else tuple(patch_size)
-    if src_patch != in_plane:
-        w = _resize_output(w, in_plane, 1)
-        done.append(f"predicted patch {list(src_patch)} -> {list(in_plane)} resized (bicubic)")
-    if dst_dims > src_dims:
-        w = w.unsqueeze(1).expand(w.shape[0], int(patch_size[0]), *w.shape[1:]).contiguous()
-        done.append(f"2D prediction repeated over depth {patch_size[0]}")
-    return w.reshape(-1, *tail).contiguous(), done
 
 
 # -- import ----------------------------------------------------------------------------------------

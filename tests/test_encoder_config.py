@@ -8,6 +8,7 @@ from them. They must load, unchanged, into the same outputs.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -205,3 +206,26 @@ def test_reading_checkpoint_metadata_stays_light():
     mods = _imported_after("import unimae.core.checkpoint_io, unimae.core.encoder_config, unimae.core.model_config")
     assert "unimae.core.checkpoint_io" in mods
     assert not {"timm", "monai", "unimae.core.models", "unimae.core.encoder"} & mods
+
+
+def test_core_has_no_import_cycles():
+    """Counting imports inside functions too: a cycle hidden behind a lazy import is still a cycle."""
+    core = Path(__file__).resolve().parents[1] / "core"
+    names = {p.stem for p in core.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in core.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unimae.core"):
+                parts = node.module.split(".")
+                if len(parts) > 2:
+                    deps.add(parts[2])
+                else:  # from unimae.core import x
+                    deps.update(a.name for a in node.names if a.name in names)
+        graph[path.stem] = deps - {path.stem}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(d == goal or (d not in seen and not seen.add(d) and reaches(d, goal, seen)) for d in graph.get(start, ()))
+
+    cycles = sorted(m for m in graph if reaches(m, m, set()))
+    assert not cycles, f"modules on an import cycle: {cycles}"
