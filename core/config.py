@@ -9,7 +9,7 @@ A config has three sections and four top-level keys; every key maps 1:1 onto a c
     out_dir: runs/fundus       # where the run writes (metrics, previews, checkpoints, model)
     seed: 0                    # seeds data order, augmentation, masks and initialisation
     resume: false              # true: continue from out_dir/checkpoints/last; or a checkpoint path
-    model:                     # -> MaskedAutoencoder(**model), `preset` expanded from MODEL_PRESETS first
+    model:                     # -> MaskedAutoencoder: `preset` expanded, then its own and the encoder's keys
       preset: base
       patch_size: 16
     data:                      # -> plugin.train_dataset(train, input_size=..., num_samples=..., **rest)
