@@ -58,6 +58,7 @@ from unimae.core import metrics as M
 from unimae.core.checkpoint_io import checkpoint_paths, read_checkpoint_meta
 from unimae.core.errors import InputError
 from unimae.domains.base import DomainPlugin
+from unimae.domains.datasets import local_dataset, normal_class_index
 
 __all__ = ["EVAL_SEED", "evaluate", "add_evaluate_parser", "run_evaluate"]
 
@@ -104,8 +105,6 @@ def _file_dataset(
     Classification labels are indices into the checkpoint's classes; anomaly labels keep the data's own
     classes (``normal`` / ``pneumonia`` / ``No Finding`` ...), whose normal class is found afterwards.
     """
-    from unimae.domains.datasets import local_dataset
-
     names = list(class_names) if task == "classify" else None
     need = task if task in ("classify", "segment") else None
     kw: dict[str, Any] = {"class_names": names, "task": need}
@@ -154,8 +153,6 @@ def _anomaly_labels(ds: Any, normal_class: Any, checkpoint_normal: Any, data: An
     when the data have it, else a class named normal / healthy / No Finding ... (or label 0 of integer
     labels). Each case keeps its class name in ``ds.case_classes`` for the per-class figures.
     """
-    from unimae.domains.datasets import normal_class_index
-
     names = list(ds.class_names)
     given = normal_class
     if given is None and checkpoint_normal is not None:

@@ -26,6 +26,7 @@ from unimae.core.mae import MaskedAutoencoder
 from unimae.core.model_config import model_keys
 from unimae.core.models import MAEClassifier, MAESegmenter
 from unimae.domains.base import DomainPlugin
+from unimae.domains.datasets import local_dataset
 
 __all__ = [
     "TASKS",
@@ -280,8 +281,6 @@ def finetune_model_keys(task: str) -> list[str]:
 
 def finetune_data_keys(plugin: DomainPlugin) -> list[str]:
     """The data keys handled here plus the keywords of the plugin's readers, transforms and generator."""
-    from unimae.domains.datasets import local_dataset
-
     keys = dict.fromkeys(_DATA_KEYS)
     for fn in (plugin.augment, plugin.synthetic, plugin.read, plugin.preprocess, local_dataset):
         keys.update(dict.fromkeys(_named_params(fn)))

@@ -19,6 +19,14 @@ from unimae.apps.finetune_config import _DEFAULT_INPUT, SYNTHETIC_VAL_OFFSET, _c
 from unimae.core.errors import InputError
 from unimae.core.patch_embed import to_tuple
 from unimae.domains.base import DomainPlugin, Sample, kwargs_for
+from unimae.domains.datasets import (
+    DEFAULT_VAL_FRACTION,
+    LocalDataset,
+    check_classes,
+    check_sizes,
+    local_dataset,
+    normal_class_index,
+)
 
 __all__ = [
     "FinetuneData",
@@ -73,8 +81,6 @@ def _is_synthetic(value: Any) -> bool:
 def _normal_class(names: Sequence[str], given: Any = None, where: Any = None) -> int | None:
     """The index of the class that means "normal" (``normal``, ``healthy``, ``No Finding``, ``data.normal_class``
     ...), if any (see :func:`unimae.domains.datasets.normal_class_index`)."""
-    from unimae.domains.datasets import normal_class_index
-
     return normal_class_index(names, given, where=where)[0]
 
 
@@ -114,8 +120,6 @@ def _mask_classes(plugin: DomainPlugin, masks: Sequence[Path | None], given: Seq
 
 def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any], seed: int) -> FinetuneData:
     """The training dataset and validation samples a ``data`` section describes (see the module docstring)."""
-    from unimae.domains.datasets import LocalDataset, check_classes, check_sizes, local_dataset, normal_class_index
-
     d = dict(data)
     if "task" in d:
         raise InputError("data.task is set by the top-level task key; remove data.task")
@@ -139,8 +143,6 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     train_lp = d.pop("lesion_prob", 0.0 if task == "anomaly" else None)
     train_src = train_src if _is_source(train_src) and not _is_synthetic(train_src) else None
     if train_src is not None and not _is_source(val_src) and d.get("val_fraction") is None:
-        from unimae.domains.datasets import DEFAULT_VAL_FRACTION
-
         d["val_fraction"] = DEFAULT_VAL_FRACTION  # no data.val: validate on a carved-out share of data.train
     val_fraction = float(d.get("val_fraction") or 0.0)
 

@@ -32,6 +32,7 @@ from unimae.core.errors import InputError
 from unimae.core.mae import MaskedAutoencoder
 from unimae.core.model_config import build_configured, resolve_model_args
 from unimae.core.model_config import model_keys as model_arg_keys
+from unimae.domains.datasets import local_dataset
 
 __all__ = ["DATA_KEYS", "model_keys", "data_keys", "resolve_channels", "build_datasets", "build_model", "pretrain"]
 
@@ -58,8 +59,6 @@ def _named_params(fn: Callable) -> list[str]:
 
 def data_keys(plugin: Any) -> list[str]:
     """:data:`DATA_KEYS` plus the keyword arguments of the plugin's readers, transforms and generator."""
-    from unimae.domains.datasets import local_dataset
-
     keys = dict.fromkeys(DATA_KEYS)
     for fn in (plugin.augment, plugin.synthetic, plugin.read, plugin.preprocess, local_dataset):
         keys.update(dict.fromkeys(_named_params(fn)))
