@@ -229,11 +229,7 @@ class Predictor(SceneStreaming):
             model_sample = source if in_model_space(source.meta) else self._preprocess(source)
         else:
             self.check_input(source)
-            src = self.plugin.read(source)
-            trained_read = dict(self.contract.get("read") or {})
-            if trained_read and src.meta.get("band_source") == "band_count":
-                # the file does not name its bands: read them as the training files were (e.g. EuroSAT order)
-                src = self.plugin.read(source, **trained_read)
+            src = self.plugin.read_for_model(source, dict(self.contract.get("read") or {}))
             model_sample = self._preprocess(src)
         self.check_channels(model_sample)
         return src, model_sample

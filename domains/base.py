@@ -218,6 +218,11 @@ class DomainPlugin(ABC):
     def read(self, path: str | Path, **kwargs: Any) -> Sample:
         """Read a file into a :class:`Sample` in source geometry. Raise :class:`InputError` on bad input."""
 
+    def read_for_model(self, path: str | Path, trained_read: Mapping[str, Any]) -> Sample:
+        """Read a file for a model whose training files were read with ``trained_read`` (the checkpoint contract's
+        ``read`` options, e.g. the band order of files that do not name their bands). Default: :meth:`read`."""
+        return self.read(path)
+
     def read_options(self, path: str | Path) -> dict[str, Any]:
         """Extra :meth:`read` keywords for a file from what is published beside it (e.g. the fundus field-of-view
         mask next to a photograph); ``{}`` when there is nothing."""

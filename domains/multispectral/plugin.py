@@ -116,6 +116,14 @@ class MultispectralPlugin(DomainPlugin):
         """
         return read_geotiff(path, bands=bands, window=window, scale=scale, offset=offset, allow_empty=allow_empty)
 
+    def read_for_model(self, path: str | Path, trained_read: Mapping[str, Any]) -> Sample:
+        """A file that does not name its bands (``band_source == "band_count"``) is read in the band order of the
+        model's training files (``trained_read["bands"]``, e.g. EuroSAT's B8A-last order)."""
+        sample = self.read(path)
+        if trained_read and sample.meta.get("band_source") == "band_count":
+            sample = self.read(path, **trained_read)
+        return sample
+
     def read_mask(self, path: str | Path, *, like: Sample | None = None) -> torch.Tensor:
         """A class-map GeoTIFF (one band) or PNG as int64 ``(H, W)``; shape must match ``like``."""
         return read_class_map(path, like=like)
