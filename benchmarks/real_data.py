@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REAL = ROOT.parent / "shared" / "real"
 SETS = ("multispectral", "fundus", "xray", "xray_anomaly")
 EXTRA_OVERRIDES: list[str] = []  # --set KEY=VALUE
+PRETRAIN: dict[str, Any] = {"epochs": 0.0}  # --pretrain-epochs: also MAE pretraining -> fine-tune, and scratch at equal compute
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,6 +164,60 @@ def run_unimae(config: Path, overrides: Sequence[str], out_dir: Path) -> dict[st
             "batch_size": int(tcfg.get("batch_size", 16))}  # fmt: skip
 
 
+def run_pretrain(domain: str, ours_cfg: dict[str, Any], train_csv: Path, n_train: int, out_dir: Path) -> dict[str, Any]:
+    """``unimae pretrain`` on the fold's training images (labels unused) with the fine-tuning recipe's encoder:
+    ``configs/<domain>/pretrain.yaml`` with the recipe's architecture, data reading and batch size,
+    ``--pretrain-epochs`` passes over the images, random masking at the domain's mask ratio, the recipe's lr."""
+    from unimae.apps.pretrain import data_keys, pretrain
+    from unimae.core.config import load_config
+    from unimae.core.encoder_config import ARCHITECTURE_KEYS
+    from unimae.domains import get_domain
+
+    plugin = get_domain(domain)
+    cfg = load_config(ROOT / "configs" / domain / "pretrain.yaml", [])
+    model = {k: v for k, v in ours_cfg["model"].items() if k == "preset" or k in ARCHITECTURE_KEYS}
+    cfg["model"] = {**model, "mask_ratio": cfg["model"].get("mask_ratio", 0.75), "masking": "random",
+                    "gradient_branch": False}  # fmt: skip
+    keep = set(data_keys(plugin))
+    cfg["data"] = {k: v for k, v in ours_cfg["data"].items() if k in keep and k not in ("val", "num_samples", "num_val_samples")}
+    cfg["data"].update(train=str(train_csv), val=None)
+    bs = int(ours_cfg["train"].get("batch_size", 16))
+    steps = max(1, int(round(PRETRAIN["epochs"] * n_train / bs)))
+    if PRETRAIN.get("quick"):
+        steps = min(steps, 4)
+    cfg["train"].update(max_steps=steps, batch_size=bs, lr=float(ours_cfg["train"]["lr"]), warmup_steps=None,
+                        progress=False, tensorboard=False, preview_every=0, val_every=0, save_every=steps)  # fmt: skip
+    cfg["out_dir"] = str(out_dir)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        pretrain(cfg)
+    return {"seconds": time.perf_counter() - t0, "steps": steps, "samples": steps * bs}
+
+
+def pretrain_arms(domain: str, config: Path, overrides: Sequence[str], ours: dict[str, Any], train_csv: Path,
+                  n_train: int, work: Path) -> dict[str, dict[str, Any]]:
+    """Item 4 of the real-data issue: (a) MAE pretraining on the fold's own training images, then the shipped
+    fine-tuning recipe from it; (b) the shipped recipe from scratch with its schedule stretched to the same
+    total wall time as (a). Returns ``{"pretrained": run, "scratch_equal": run}`` (run as :func:`run_unimae`'s,
+    with ``pretrain_seconds``)."""
+    pre = run_pretrain(domain, ours["cfg"], train_csv, n_train, work / "pretrain")
+    ft = run_unimae(config, [*overrides, f"init={work / 'pretrain'}"], work / "unimae_pre")
+    ft["pretrain_seconds"] = pre["seconds"]
+    ft["finetune_seconds"] = ft["seconds"]
+    ft["seconds"] = pre["seconds"] + ft["seconds"]
+    ft["samples"] += pre["samples"]
+    stretch = ft["seconds"] / max(ours["seconds"], 1e-9)
+    tcfg = ours["cfg"]["train"]
+    if tcfg.get("max_steps") not in (None, "null"):
+        longer = [f"train.max_steps={max(1, round(int(tcfg['max_steps']) * stretch))}"]
+    else:
+        longer = [f"train.epochs={max(1, round(float(tcfg['epochs']) * stretch))}"]
+    eq = run_unimae(config, [*overrides, *longer], work / "unimae_long")
+    eq["stretch"] = stretch
+    return {"pretrained": ft, "scratch_equal": eq}
+
+
 def train_reference(
     model: Any, dataset: Any, *, steps: int, batch_size: int, loss_fn: Callable, lr: float = 1e-3, seed: int = 0,
     weight_decay: float = 1e-4,
@@ -260,15 +315,22 @@ def classification_fold(
             prob = torch.softmax(ref(view.image.float()[None]), 1)[0]
         return [float(prob[ref_index[c]]) for c in classes]
 
+    arms: list[tuple[str, Callable, dict[str, Any]]] = [("unimae", score_unimae, ours), ("reference", score_ref, ref_run)]
+    if PRETRAIN["epochs"] > 0:
+        for tag, run in pretrain_arms(domain, config, overrides, ours, train_csv, len(train_rows), work).items():
+            arm = load_predictor(work / ("unimae_pre" if tag == "pretrained" else "unimae_long") / "best",
+                                 device="cpu", precision="auto")  # fmt: skip
+            arms.append((tag, lambda path, arm=arm: [arm.predict(path, keep_source=False).probabilities[c] for c in classes], run))
     out: dict[str, Any] = {}
-    for tag, fn, run in (("unimae", score_unimae, ours), ("reference", score_ref, ref_run)):
+    for tag, fn, run in arms:
         probs = np.array([fn(root / r["path"]) for r in test_rows])
         truth = [r["class_name"] for r in test_rows]
         if positive is not None:
             metric = auroc(probs[:, classes.index(positive)], [t == positive for t in truth])
         else:
             metric = float(np.mean([classes[int(i)] == t for i, t in zip(probs.argmax(1), truth)]))
-        out[tag] = {"metric": metric, "seconds": run["seconds"], "samples_per_s": run["samples"] / run["seconds"]}
+        out[tag] = {"metric": metric, "seconds": run["seconds"], "samples_per_s": run["samples"] / run["seconds"],
+                    **{k: run[k] for k in ("pretrain_seconds", "finetune_seconds", "stretch") if k in run}}  # fmt: skip
     out["steps"] = ours["steps"]
     return out
 
@@ -342,8 +404,14 @@ def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, s
                   "FOV 1.8x": (1.8, (1.0, 1.0, 1.0)), "colour": (1.0, (1.15, 0.85, 1.1))}  # fmt: skip
     if quick:
         conditions = {"DRIVE": conditions["DRIVE"]}
+    arms: list[tuple[str, Callable, dict[str, Any]]] = [("unimae", ours_labels, ours), ("reference", ref_labels, ref_run)]
+    if PRETRAIN["epochs"] > 0:
+        for tag, run in pretrain_arms("fundus", config, overrides, ours, train_csv, len(train_rows), work).items():
+            arm = load_predictor(work / ("unimae_pre" if tag == "pretrained" else "unimae_long") / "best",
+                                 device="cpu", precision="auto")  # fmt: skip
+            arms.append((tag, lambda path, arm=arm: arm.predict(path, keep_source=False).label_map, run))
     out: dict[str, Any] = {"steps": ours["steps"]}
-    for tag, fn, run in (("unimae", ours_labels, ours), ("reference", ref_labels, ref_run)):
+    for tag, fn, run in arms:
         per: dict[str, float] = {}
         for cond, (zoom, gains) in conditions.items():
             scores = []
@@ -358,7 +426,8 @@ def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, s
                 scores.append(dice(pred, truth, fov))
             per[cond] = float(np.mean(scores))
         out[tag] = {"metric": per["DRIVE"], "conditions": per, "seconds": run["seconds"],
-                    "samples_per_s": run["samples"] / run["seconds"]}  # fmt: skip
+                    "samples_per_s": run["samples"] / run["seconds"],
+                    **{k: run[k] for k in ("pretrain_seconds", "finetune_seconds", "stretch") if k in run}}  # fmt: skip
     return out
 
 
@@ -519,7 +588,8 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
             shutil.rmtree(work, ignore_errors=True)
     out: dict[str, Any] = {"set": name, "metric": METRIC[name], "reference_model": REFERENCE[name], "folds": k,
                            "folds_run": list(fold_ids), "per_fold": per_fold}  # fmt: skip
-    for tag in ("unimae", "reference"):
+    tags = [tag for tag in ("unimae", "reference", "pretrained", "scratch_equal") if per_fold and tag in per_fold[0]]
+    for tag in tags:
         out[tag] = {
             "metric": _summary([r[tag]["metric"] for r in per_fold]),
             "seconds": _summary([r[tag]["seconds"] for r in per_fold]),
@@ -548,6 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra config override for UniMAE (e.g. model.predict_variance=true), to try a recipe")
+    ap.add_argument("--pretrain-epochs", type=float, default=0.0, metavar="E",
+                    help="also run `unimae pretrain` for E passes over each fold's training images, fine-tune from "
+                         "it, and fine-tune from scratch for the same total wall time (classification and vessel sets)")
     ap.add_argument("--save-demo", action="store_true",
                     help="ship the first fold's UniMAE model as the domain's demo model (domains/<d>/demo/)")
     args = ap.parse_args(argv)
@@ -567,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [int(f) for f in args.run_folds.split(",")] if args.run_folds else list(range(args.folds)))  # fmt: skip
     results = []
     EXTRA_OVERRIDES[:] = list(args.overrides)
+    PRETRAIN["epochs"] = float(args.pretrain_epochs)
+    PRETRAIN["quick"] = bool(args.quick)
     for name in names:
         print(f"{name}: {len(fold_ids)} of {args.folds} folds", file=sys.stderr, flush=True)
         results.append(run_set(name, args.real, args.folds, fold_ids, args.quick,
@@ -585,6 +660,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{u['samples_per_s']['mean']:>9.1f}/{f['samples_per_s']['mean']:<8.1f}  {r['reference_model']}")  # fmt: skip
         for c, s in (u.get("conditions") or {}).items():
             print(f"{'':<14}{'  ' + c:<20}{_fmt(s):>16}{_fmt(f['conditions'][c]):>16}")
+        for tag, label in (("pretrained", "MAE pretrain + fine-tune"), ("scratch_equal", "scratch, same wall time")):
+            if tag in r:
+                a = r[tag]
+                print(f"{'':<14}{'  ' + label:<20}{_fmt(a['metric']):>16}{'':>16}{'':>8}{a['seconds']['mean']:>8.0f}")
     return 0
 
 

@@ -59,3 +59,22 @@ def test_real_xray_folds_are_patient_disjoint():
         by_patient.setdefault(r["patient_id"], set()).add(int(f))
     assert all(len(s) == 1 for s in by_patient.values())
     assert sorted(set(folds.tolist())) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not (REAL / "multispectral" / "manifest.csv").is_file(), reason="../shared/real (real training data) is absent")
+def test_pretraining_arms_run_pretrain_then_fine_tune_from_it(capsys: pytest.CaptureFixture) -> None:
+    """``--pretrain-epochs``: MAE pretraining on the fold's training tiles, fine-tuning from it (its encoder
+    loaded), and the scratch recipe stretched to the same wall time, each scored on the held-out fold."""
+    bench = _bench()
+    assert bench.main(["--quick", "--sets", "multispectral", "--pretrain-epochs", "0.5", "--threads", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    import json
+
+    result = json.loads(out)["results"][0]
+    fold = result["per_fold"][0]
+    for tag in ("unimae", "reference", "pretrained", "scratch_equal"):
+        assert 0.0 <= fold[tag]["metric"] <= 1.0 and fold[tag]["seconds"] > 0, tag
+    pre = fold["pretrained"]
+    assert pre["pretrain_seconds"] > 0 and pre["seconds"] >= pre["pretrain_seconds"] + pre["finetune_seconds"] - 1e-6
+    assert fold["scratch_equal"]["stretch"] > 0
+    assert "init: the encoder of a MaskedAutoencoder" in err  # the fine-tune started from the pretraining run
