@@ -49,6 +49,7 @@ from typing import Any  # noqa: E402
 from unimae.apps.ui_panel import TASK_TITLES, AppSettings, OutputDirs, TaskPanel, device_summary, warm_up  # noqa: E402
 from unimae.apps.ui_tabs import TASK_HELP, models_tab, picker, task_tab, upload_check  # noqa: E402
 from unimae.core.errors import InputError  # noqa: E402
+from unimae.core.tasks import app_order  # noqa: E402
 
 __all__ = [
     "DOMAIN_TABS",
@@ -68,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger("unimae.app")
 
-_TASK_ORDER = ("segment", "classify", "anomaly")
+_TASK_ORDER = tuple(t.name for t in app_order())  # the tabs' order (the task layer's app_rank)
 APP_CSS = """
 .unimae-legend {display:flex; flex-wrap:wrap; gap:6px 14px; padding:4px 2px; font-size:0.92em}
 .unimae-legend-row {display:flex; align-items:center; gap:6px}

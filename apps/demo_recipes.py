@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unimae.core.errors import InputError, look_up
+from unimae.core.tasks import get_task
 
 __all__ = ["DemoSpec", "DemoProfile", "PROFILES", "PROFILE_NAMES", "demo_tasks"]
 
@@ -56,7 +57,7 @@ class DemoSpec:
             "data": dict(self.data),
             "train": dict(self.train),
         }
-        if self.task == "anomaly":
+        if get_task(self.task).calibrated:  # the anomaly section: scoring and calibration settings
             cfg["anomaly"] = dict(self.anomaly)
         return cfg
 
@@ -114,7 +115,7 @@ def _default_specs() -> tuple[DemoSpec, ...]:
             specs.append(DemoSpec(
                 name, task, {**_DEMO_MODEL, **(recipe.get("model") or {})},
                 {"num_samples": _DEMO_SAMPLES, **(recipe.get("data") or {})}, _train(steps, batch, lr, **train),
-                {**_DEMO_ANOMALY, **(recipe.get("anomaly") or {})} if task == "anomaly" else {},
+                {**_DEMO_ANOMALY, **(recipe.get("anomaly") or {})} if get_task(task).calibrated else {},
             ))  # fmt: skip
     return tuple(specs)
 
@@ -127,9 +128,9 @@ def _test_specs() -> tuple[DemoSpec, ...]:
     decoder = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
     out = []
     for spec in _default_specs():
-        model = {**spec.model, **tiny, **(decoder if spec.task == "anomaly" else {}), "preset": "micro"}
+        model = {**spec.model, **tiny, **(decoder if get_task(spec.task).mae_training else {}), "preset": "micro"}
         size = get_domain(spec.domain).demo_test_size
-        data = {**spec.data, "input_size": size, "num_val_samples": 8 if spec.task == "anomaly" else 2}
+        data = {**spec.data, "input_size": size, "num_val_samples": 8 if get_task(spec.task).calibrated else 2}
         out.append(DemoSpec(spec.domain, spec.task, model, data, _train(4, 2), spec.anomaly))
     return tuple(out)
 

@@ -57,6 +57,7 @@ from unimae.apps.evaluate_tasks import EvalCase, eval_anomaly, eval_classify, ev
 from unimae.core import metrics as M
 from unimae.core.checkpoint_io import checkpoint_paths, read_checkpoint_meta
 from unimae.core.errors import InputError
+from unimae.core.tasks import get_task
 from unimae.domains.base import DomainPlugin
 from unimae.domains.datasets import local_dataset, normal_class_index
 
@@ -105,10 +106,11 @@ def _file_dataset(
     Classification labels are indices into the checkpoint's classes; anomaly labels keep the data's own
     classes (``normal`` / ``pneumonia`` / ``No Finding`` ...), whose normal class is found afterwards.
     """
-    names = list(class_names) if task == "classify" else None
-    need = task if task in ("classify", "segment") else None
+    task_def = get_task(task)
+    names = list(class_names) if task_def.image_labels else None
+    need = task if task_def.class_outputs else None
     kw: dict[str, Any] = {"class_names": names, "task": need}
-    if task == "classify" and multi_label:
+    if task_def.image_labels and multi_label:
         kw["multi_label"] = True
     if split is not None:
         return local_dataset(plugin, data, split=split, **kw)
@@ -231,6 +233,7 @@ def evaluate(
     meta = _checkpoint_info(checkpoint)
     predictor = load_predictor(checkpoint, device=device, precision=precision)
     plugin, task = predictor.plugin, predictor.task
+    task_def = predictor.task_def
     eval_seed = EVAL_SEED if seed is None else int(seed)
     if num_samples is not None and int(num_samples) < 1:
         raise InputError(f"num_samples must be at least 1, got {num_samples}")
@@ -245,16 +248,16 @@ def evaluate(
                                      "size": list(predictor.input_size)}  # fmt: skip
     else:
         ds = _file_dataset(plugin, data, task, predictor.class_names, split, multi_label=predictor.multi_label)
-        if task == "anomaly" and ds.labels is None and ds.masks is None:
+        if task_def.trains_on_normal and ds.labels is None and ds.masks is None:
             raise InputError(
                 "anomaly evaluation needs labels (a normal class and others: a folder per class or a CSV label column) "
                 "or masks, and this dataset has neither",
                 data,
             )
         normal_name = normal_how = None
-        if task == "anomaly" and ds.labels is not None:
+        if task_def.trains_on_normal and ds.labels is not None:
             normal_name, normal_how = _anomaly_labels(ds, normal_class, (predictor.anomaly or {}).get("normal_class"), data)
-        if task == "classify" and ds.multi_label and not predictor.multi_label:
+        if task_def.image_labels and ds.multi_label and not predictor.multi_label:
             raise InputError("the data have several labels per image but the model is single-label", data)
         case_classes = getattr(ds, "case_classes", None)
         if num_samples is not None and int(num_samples) < len(ds):
@@ -274,9 +277,9 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=n, desc=f"evaluate ({predictor.domain} {task})", unit="case", disable=not progress)
     try:
-        if task == "classify":
+        if task_def.image_labels:
             res = eval_classify(predictor, cases, bar, threshold)
-        elif task == "segment":
+        elif task_def.pixel_labels:
             res = eval_segment(predictor, cases, bar, ignore_index)
         else:
             res = eval_anomaly(predictor, cases, bar, threshold, image_threshold, eval_seed,
@@ -287,7 +290,7 @@ def evaluate(
     files = {"metrics": "metrics.json", "per_case": write_csv(out / "per_case.csv", res["rows"]).name}
     plots: list[str] = []
     metrics = res["metrics"]
-    if task == "classify":
+    if task_def.image_labels:
         if predictor.multi_label:
             plots.append(plot_multilabel_confusion(metrics["confusion"], out / "confusion_matrix.png",
                                                     metrics["threshold"]).name)  # fmt: skip
@@ -297,7 +300,7 @@ def evaluate(
                                          f"confusion matrix ({n} cases)").name)  # fmt: skip
         kind = "per finding" if predictor.multi_label else "one-vs-rest"
         plots.append(plot_roc(res["curves"], out / "roc.png", f"ROC {kind} ({n} cases)").name)
-    elif task == "segment":
+    elif task_def.pixel_labels:
         plots.append(plot_dice(metrics, out / "dice.png").name)
     else:
         plots.append(plot_roc(res["curves"], out / "roc.png", f"anomaly ROC ({n} cases)").name)
@@ -313,7 +316,7 @@ def evaluate(
         "preprocess": predictor.preprocess_kwargs,
         "normalization": predictor.contract.get("normalization"),
     }
-    if task == "anomaly":
+    if task_def.calibrated:
         info["anomaly"] = predictor.anomaly
     info.update({k: meta[k] for k in _CHECKPOINT_KEYS if k in meta})
     payload = {
@@ -334,9 +337,10 @@ def evaluate(
 
 def _check_synthetic_classes(plugin: DomainPlugin, task: str, class_names: Sequence[str]) -> None:
     """The checkpoint's classes must be the synthetic data's (same count) for the labels to mean anything."""
-    if task == "anomaly":
+    task_def = get_task(task)
+    if not task_def.class_outputs:
         return
-    expected = plugin.class_names if task == "classify" else plugin.seg_class_names
+    expected = task_def.domain_class_names(plugin)
     if expected and len(expected) != len(class_names):
         raise InputError(
             f"the checkpoint has {len(class_names)} {task} classes ({', '.join(class_names)}) but the {plugin.name} "
@@ -351,12 +355,13 @@ def headline(result: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    if task == "classify":
+    task_def = get_task(task)
+    if task_def.image_labels:
         parts = [f"accuracy {f(m['accuracy'])}", f"balanced accuracy {f(m['balanced_accuracy'])}",
                  f"macro-F1 {f(m['macro_f1'])}", f"macro AUROC {f(m['macro_auroc'])}"]  # fmt: skip
         if m.get("quadratic_kappa") is not None:
             parts.append(f"quadratic kappa {f(m['quadratic_kappa'])}")
-    elif task == "segment":
+    elif task_def.pixel_labels:
         parts = [f"mean Dice {f(m['mean_dice'])}", f"mean IoU {f(m['mean_iou'])}"]
     else:
         parts = [f"image AUROC {f(m['image_auroc'])}"]

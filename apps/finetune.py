@@ -126,6 +126,7 @@ from unimae.core.engine import seed_everything
 from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path
 from unimae.core.inference import make_contract, task_metadata
+from unimae.core.tasks import get_task
 from unimae.domains import domain_names, get_domain
 
 __all__ = [
@@ -176,12 +177,13 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
     if task not in plugin.tasks:
         look_up(task, TASKS, what="task")
         raise InputError(f"the {plugin.name} domain has no {task} task; it supports {', '.join(plugin.tasks)}")
+    task_def = get_task(task)
     model_cfg, data_cfg = dict(cfg.get("model") or {}), dict(cfg.get("data") or {})
     check_keys("model", model_cfg, finetune_model_keys(task))
     check_keys("data", data_cfg, finetune_data_keys(plugin))
     anomaly_cfg = dict(cfg.get("anomaly") or {})
     check_keys("anomaly", anomaly_cfg, ANOMALY_KEYS)
-    if anomaly_cfg and task != "anomaly":
+    if anomaly_cfg and not task_def.calibrated:
         raise InputError(f"the anomaly section only applies to task anomaly, not {task}")
     anomaly = _anomaly_settings(anomaly_cfg)
     train_cfg = dict(cfg.get("train") or {})
@@ -228,12 +230,12 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
         for line in init_info["summary"].splitlines()[1:]:
             _say(line.strip())
         weight = None
-        if tcfg.class_weights == "auto" and task != "anomaly":
+        if tcfg.class_weights == "auto" and task_def.class_outputs:
             weight, how = class_weights(data.train, task, len(data.class_names), multi_label=data.multi_label,
                                         limit=tcfg.class_weight_samples)  # fmt: skip
             _say(f"class weights ({how}): " + ", ".join(f"{n} {w:.3g}" for n, w in zip(data.class_names, weight.tolist())))
         elif isinstance(tcfg.class_weights, list):
-            if task == "anomaly":
+            if not task_def.class_outputs:
                 raise InputError("train.class_weights does not apply to anomaly training")
             if len(tcfg.class_weights) != len(data.class_names):
                 raise InputError(
@@ -244,7 +246,7 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
         if data.val is None:
             warnings.warn(
                 "no validation data (set data.val or data.val_fraction): best.json is the final model and "
-                + ("the anomaly thresholds stay uncalibrated" if task == "anomaly" else "no metric is tracked"),
+                + ("the anomaly thresholds stay uncalibrated" if task_def.calibrated else "no metric is tracked"),
                 stacklevel=2,
             )
         encoder = model.encoder
@@ -283,7 +285,7 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
         out = Path(str(cfg["out_dir"]))
         best_json = out / "best.json"
         thresholds: dict[str, Any] = {}
-        if task == "anomaly" and data.val is not None:
+        if task_def.calibrated and data.val is not None:
             # calibrate the model predict will use: the best one (its weights), then the final one
             final_thr = trainer.calibrate(float(anomaly["fpr"]))
             thresholds = final_thr

@@ -22,9 +22,8 @@ from unimae.core.config import parse_value
 from unimae.core.engine import TrainConfig
 from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path
-from unimae.core.mae import MaskedAutoencoder
 from unimae.core.model_config import model_keys
-from unimae.core.models import MAEClassifier, MAESegmenter
+from unimae.core.tasks import ANOMALY_SETTINGS, TASKS, all_tasks, get_task
 from unimae.domains.base import DomainPlugin
 from unimae.domains.datasets import local_dataset
 
@@ -46,23 +45,19 @@ __all__ = [
 ]
 
 
-TASKS = ("classify", "segment", "anomaly")
 MODES = ("full", "linear")
 TOP_LEVEL_KEYS = ("domain", "task", "init", "init_allow_pickle", *(k for k in BASE_TOP_LEVEL if k != "domain"))
 SECTIONS = (*BASE_SECTIONS, "anomaly")
 ANOMALY_KEYS = ("k", "sigma", "top_fraction", "fpr")
-ANOMALY_DEFAULTS: dict[str, Any] = {"k": 4, "sigma": None, "top_fraction": 0.01, "fpr": 0.05}
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "classify": MAEClassifier,
-    "segment": MAESegmenter,
-    "anomaly": MaskedAutoencoder,
-}
-#: validation metrics per task (``val_`` prefixed in metrics.csv); all are higher-is-better but ``loss``
+ANOMALY_DEFAULTS: dict[str, Any] = {k: v for k, v in ANOMALY_SETTINGS.items() if k in ANOMALY_KEYS}
+#: the model class per task (the task layer's :attr:`~unimae.core.tasks.base.Task.model_class`; kept for old imports)
+MODEL_CLASSES: dict[str, type[nn.Module]] = {t.name: t.model_class for t in all_tasks()}
+#: validation metrics per task (:meth:`~unimae.core.tasks.base.Task.monitors`; ``val_`` prefixed in
+#: metrics.csv, all higher-is-better but ``loss``), a multi-label variant as ``<task>_multi_label`` (kept
+#: for old imports)
 MONITORS: dict[str, tuple[str, ...]] = {
-    "classify": ("balanced_accuracy", "accuracy", "macro_f1", "macro_auroc", "quadratic_kappa", "loss"),
-    "classify_multi_label": ("macro_auroc", "balanced_accuracy", "accuracy", "macro_f1", "loss"),
-    "segment": ("mean_dice", "mean_iou", "pooled_dice"),
-    "anomaly": ("image_auroc", "loss"),
+    **{t.name: t.monitors(False) for t in all_tasks()},
+    **{f"{t.name}_multi_label": t.monitors(True) for t in all_tasks() if t.monitors(True) != t.monitors(False)},
 }
 _DEFAULT_INPUT = {2: 224, 3: 96}
 _DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples", "val_lesion_prob", "normal_class",
@@ -260,8 +255,10 @@ def dump_finetune_config(cfg: Mapping[str, Any]) -> str:
         return str(v) if isinstance(v, Path) else v
 
     ordered: dict[str, Any] = {k: cfg[k] for k in TOP_LEVEL_KEYS if k in cfg}
-    for section in SECTIONS:
-        if section != "anomaly" or cfg.get("anomaly") or cfg.get("task") == "anomaly":
+    task = cfg.get("task")
+    calibrated = task in TASKS and get_task(task).calibrated  # the anomaly section holds its settings
+    for section in SECTIONS:  # the shared sections always; the anomaly section when given or the task's own
+        if section in BASE_SECTIONS or cfg.get(section) or calibrated:
             ordered[section] = dict(cfg.get(section) or {})
     return yaml.safe_dump(plain(ordered), sort_keys=False, default_flow_style=None)
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from unimae.apps.finetune_config import _DEFAULT_INPUT, SYNTHETIC_VAL_OFFSET, _count, _say
 from unimae.core.errors import InputError
 from unimae.core.patch_embed import to_tuple
+from unimae.core.tasks import get_task
 from unimae.domains.base import DomainPlugin, Sample, kwargs_for
 from unimae.domains.datasets import (
     DEFAULT_VAL_FRACTION,
@@ -140,14 +141,15 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     normal_given = d.pop("normal_class", None)
     if names_given is not None and not isinstance(names_given, (list, tuple)):
         raise InputError(f"data.class_names must be a list of names, got {names_given!r}")
-    train_lp = d.pop("lesion_prob", 0.0 if task == "anomaly" else None)
+    task_def = get_task(task)
+    train_lp = d.pop("lesion_prob", 0.0 if task_def.trains_on_normal else None)
     train_src = train_src if _is_source(train_src) and not _is_synthetic(train_src) else None
     if train_src is not None and not _is_source(val_src) and d.get("val_fraction") is None:
         d["val_fraction"] = DEFAULT_VAL_FRACTION  # no data.val: validate on a carved-out share of data.train
     val_fraction = float(d.get("val_fraction") or 0.0)
 
     kw = dict(d)
-    if task == "classify" and names_given is not None:
+    if task_def.image_labels and names_given is not None:
         kw["class_names"] = list(names_given)
     if train_src is not None and _is_source(val_src):
         kw["val_fraction"] = 0.0  # data.val is the validation set: nothing is carved out of data.train
@@ -167,7 +169,7 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     multi_label = False
     normal_index = None
     normal_class: str | None = None  # anomaly on labelled data: the normal class's name
-    if task == "classify":
+    if task_def.image_labels:
         if local:
             class_names, multi_label = list(samples.class_names), bool(samples.multi_label)
             if len(class_names) < 2:
@@ -176,10 +178,10 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
             class_names, multi_label = list(plugin.class_names), bool(plugin.multi_label)
             if not class_names:
                 raise InputError(f"the {plugin.name} domain has no synthetic classification labels")
-    elif task == "segment":
+    elif task_def.pixel_labels:
         class_names = _mask_classes(plugin, samples.masks or [], names_given) if local else list(plugin.seg_class_names)
     else:
-        class_names = ["normal", "anomaly"]
+        class_names = list(task_def.default_class_names)
         if local and samples.labels is not None:
             normal, how = normal_class_index(samples.class_names, normal_given, where=train_src)
             if normal is None:
@@ -201,25 +203,25 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     val_source: str | None = None
     syn_kw = kwargs_for(plugin.synthetic, d)
     if (train_src is None and not _is_source(val_src)) or _is_synthetic(val_src):
-        lp = val_lp if task == "anomaly" else train_lp
+        lp = val_lp if task_def.trains_on_normal else train_lp
         val = plugin.synthetic(
             num_val, seed=seed + SYNTHETIC_VAL_OFFSET, size=list(size) if len(set(size)) > 1 else size[0], task=task,
             lesion_prob=None if lp is None else float(lp), **{k: v for k, v in syn_kw.items() if k != "lesion_prob"},
         )  # fmt: skip
         val_source = "synthetic"
-        if task != "anomaly" and len(class_names) != len(plugin.class_names if task == "classify" else plugin.seg_class_names):
+        if task_def.class_outputs and len(class_names) != len(task_def.domain_class_names(plugin)):
             raise InputError(
                 f"data.val=synthetic: the training data have {len(class_names)} classes but the {plugin.name} "
                 "synthetic data have a different set; give data.val"
             )
     elif _is_source(val_src) or (train_src is not None and (val_fraction > 0 or (local and samples.has_val))):
         src = val_src if _is_source(val_src) else train_src
-        need = task if task in ("classify", "segment") else None
+        need = task if task_def.class_outputs else None
         vkw = {k: v for k, v in d.items() if k != "val_fraction" or not _is_source(val_src)}
-        if task == "classify" and local and "multi_label" not in vkw:
+        if task_def.image_labels and local and "multi_label" not in vkw:
             vkw["multi_label"] = True if multi_label else None
         val = local_dataset(
-            plugin, src, split="val", task=need, class_names=class_names if task == "classify" else None, **vkw
+            plugin, src, split="val", task=need, class_names=class_names if task_def.image_labels else None, **vkw
         )
         val_source = str(src)
         if _is_source(val_src):
@@ -229,9 +231,9 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
                 if note.startswith("validation"):
                     _say(note)
         check_sizes(val)
-        if task == "classify" and local:
+        if task_def.image_labels and local:
             check_classes(samples, val, where=src)
-        if task == "anomaly":
+        if task_def.trains_on_normal:
             if val.labels is not None:
                 normal_index, how = normal_class_index(val.class_names, normal_given, where=src)
                 if normal_index is None:
@@ -245,11 +247,11 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
                     "column) or lesion masks, and this dataset has neither",
                     src,
                 )
-        elif task == "segment" and len(class_names) < 2:
+        elif task_def.pixel_labels and len(class_names) < 2:
             raise InputError("segmentation needs at least two classes")
     if val is not None and len(val) == 0:  # type: ignore[arg-type]
         val = None
-    if val is None and task == "classify" and local:
+    if val is None and task_def.image_labels and local:
         check_classes(samples, None, where=train_src)
 
     first = samples[0]
@@ -289,7 +291,7 @@ def class_weights(
     """
     k = int(num_classes)
     counts = torch.zeros(k, dtype=torch.float64)
-    if task == "segment":
+    if get_task(task).pixel_labels:
         samples = getattr(dataset, "samples", dataset)
         n = min(len(samples), int(limit))  # type: ignore[arg-type]
         for i in range(n):

@@ -8,16 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from unimae.apps.finetune_config import _NONE, MODEL_CLASSES
+from unimae.apps.finetune_config import _NONE
 from unimae.core.checkpoint import checkpoint_paths, read_checkpoint_meta
 from unimae.core.errors import InputError
 from unimae.core.model_config import build_configured, resolve_model_args
 from unimae.core.model_config import init_architecture as core_init_architecture
 from unimae.core.models import load_encoder_from_mae
+from unimae.core.losses import MaskedDiceCELoss
+from unimae.core.tasks import get_task
 from unimae.domains.base import DomainPlugin
 
 __all__ = [
@@ -34,61 +34,6 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # losses
 # ------------------------------------------------------------------------------------------------
-class MaskedDiceCELoss(nn.Module):
-    """MONAI Dice + cross-entropy over the pixels inside ``valid`` only.
-
-    With every pixel valid (and the same weights) this equals MONAI's ``DiceCELoss(to_onehot_y=True,
-    softmax=True)``; invalid pixels (outside the field of view, nodata, padding) add nothing to either
-    term: their softmax and one-hot target are zeroed for MONAI's :class:`~monai.losses.DiceLoss`, and
-    the cross-entropy is averaged over valid pixels (weighted by ``weight`` like ``F.cross_entropy``).
-
-    Args:
-        num_classes: output channels K.
-        include_background: score class 0 in the Dice term (False for a background class).
-        weight: ``(K,)`` cross-entropy class weights, or None.
-        lambda_dice, lambda_ce: weights of the two terms.
-        label_smoothing: cross-entropy label smoothing.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        *,
-        include_background: bool = True,
-        weight: torch.Tensor | None = None,
-        lambda_dice: float = 1.0,
-        lambda_ce: float = 1.0,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__()
-        from monai.losses import DiceLoss
-
-        self.num_classes = int(num_classes)
-        self.dice = DiceLoss(include_background=include_background, softmax=False, to_onehot_y=False)
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-        self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
-        self.label_smoothing = float(label_smoothing)
-
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """``logits`` ``(B, K, *S)``, ``target`` ``(B, *S)`` class indices, ``valid`` ``(B, *S)`` -> loss parts."""
-        logits = logits.float()
-        target = target.long()
-        k = logits.shape[1]
-        if int(target.min()) < 0 or int(target.max()) >= k:
-            raise InputError(f"mask values must lie in [0, {k - 1}] for {k} classes, found {int(target.min())}..{int(target.max())}")
-        v = torch.ones_like(target, dtype=torch.bool) if valid is None else valid.bool()
-        vf = v[:, None].to(logits.dtype)
-        probs = torch.softmax(logits, 1) * vf
-        onehot = F.one_hot(target, k).movedim(-1, 1).to(logits.dtype) * vf
-        dice = self.dice(probs, onehot)
-        ce_map = F.cross_entropy(logits, target, weight=self.weight, reduction="none", label_smoothing=self.label_smoothing)
-        w = v.to(logits.dtype) if self.weight is None else self.weight[target] * v.to(logits.dtype)
-        ce = (ce_map * v.to(logits.dtype)).sum() / w.sum().clamp(min=1e-8)
-        return {"loss": self.lambda_dice * dice + self.lambda_ce * ce, "dice": dice, "ce": ce}
-
-
 # ------------------------------------------------------------------------------------------------
 # the starting point
 # ------------------------------------------------------------------------------------------------
@@ -107,7 +52,7 @@ def resolve_layer_decay(value: Any, plugin: DomainPlugin, task: str, init: InitS
     0.55) for a pretrained encoder; none from scratch (``init=none``: decay would all but freeze the random
     early blocks) and none for anomaly (the MAE keeps one lr). Any other value is kept."""
     if isinstance(value, str) and value.strip().lower() == "auto":
-        if init.kind == "none" or task == "anomaly":
+        if init.kind == "none" or not get_task(task).layer_decay:
             return None
         return plugin.recipes.get("finetune", {}).get("layer_decay")
     return value
@@ -143,7 +88,8 @@ def init_architecture(init: InitSource, task: str) -> dict[str, Any]:
     :func:`unimae.core.model_config.init_architecture`."""
     if init.kind != "unimae":
         return {}
-    whole = task == "anomaly" and init.meta.get("model_class") == "MaskedAutoencoder"
+    t = get_task(task)
+    whole = t.whole_init and init.meta.get("model_class") == t.model_class.__name__
     return core_init_architecture(init.meta, whole=whole)
 
 
@@ -163,7 +109,8 @@ def load_init(model: nn.Module, init: InitSource, *, task: str, allow_pickle: bo
         src_class = meta.get("model_class")
         record: dict[str, Any] = {"kind": "unimae", "path": str(init.path), "model_class": src_class,
                                   "step": meta.get("step"), "task": meta.get("task")}  # fmt: skip
-        whole = task == "anomaly" and src_class == "MaskedAutoencoder"
+        t = get_task(task)
+        whole = t.whole_init and src_class == t.model_class.__name__
         if whole:
             result = model.load_state_dict(tensors, strict=False)
             missing, unused = sorted(result.missing_keys), sorted(result.unexpected_keys)
@@ -176,7 +123,7 @@ def load_init(model: nn.Module, init: InitSource, *, task: str, allow_pickle: bo
         else:
             enc_missing, enc_unused = load_encoder_from_mae(model, tensors)
             missing, unused = [f"encoder.{k}" for k in enc_missing], [f"encoder.{k}" for k in enc_unused]
-            what = f"the encoder of a {src_class}" + (" (the MAE decoder starts fresh)" if task == "anomaly" else "")
+            what = f"the encoder of a {src_class}" + (" (the MAE decoder starts fresh)" if t.whole_init else "")
         if missing or (whole and unused):
             raise InputError(
                 f"init checkpoint does not fit the model (missing {missing[:4]}, unused {unused[:4]})", init.path
@@ -229,19 +176,10 @@ def build_task_model(
     """The task's model from the ``model`` section (``preset`` expanded first, explicit keys win, then
     the init checkpoint's architecture ``arch`` wins: :func:`~unimae.core.model_config.resolve_model_args`,
     shared with pretraining). Returns the model and notes about overridden keys."""
-    cls = MODEL_CLASSES[task]
+    t = get_task(task)
+    cls = t.model_class
     m = dict(model_cfg)
-    fixed: dict[str, Any] = {}
-    if task != "anomaly":
-        given = m.get("num_classes")
-        if given is not None and int(given) != num_classes:
-            raise InputError(f"model.num_classes is {given} but the data have {num_classes} classes")
-        fixed["num_classes"] = int(num_classes)
-    if task == "classify":
-        if "multi_label" in m and bool(m["multi_label"]) != bool(multi_label):
-            kind = "several labels per image" if multi_label else "one label per image"
-            raise InputError(f"model.multi_label is {m['multi_label']} but the training data have {kind}")
-        fixed["multi_label"] = bool(multi_label)
+    fixed = t.model_args(m, num_classes=num_classes, multi_label=multi_label)
     kwargs, notes = resolve_model_args(
         cls, m, domain=plugin.name, spatial_dims=plugin.spatial_dims, data_channels=data_channels,
         data_chans=data_chans, resolve_channels=lambda value: _resolve_channels(plugin, value), arch=arch,

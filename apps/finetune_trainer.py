@@ -11,21 +11,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from unimae.apps.finetune_config import ANOMALY_DEFAULTS, MONITORS, FinetuneConfig, dump_finetune_config
+from unimae.apps.finetune_config import ANOMALY_DEFAULTS, FinetuneConfig, dump_finetune_config
 from unimae.apps.finetune_data import FinetuneData
-from unimae.apps.finetune_model import MaskedDiceCELoss, _no_weight_decay
+from unimae.apps.finetune_model import _no_weight_decay
 from unimae.core import distributed as du
 from unimae.core import metrics as M
-from unimae.core.anomaly import anomaly_map, calibrate_threshold, image_scores
-from unimae.core.checkpoint import save_checkpoint
+from unimae.core.checkpoint import load_tensors, save_checkpoint
 from unimae.core.engine import Trainer, read_metrics
 from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path
 from unimae.core.optim import param_groups_layer_decay, param_groups_weight_decay
 from unimae.core.precision import autocast
+from unimae.core.tasks import AnomalyTask, ClassifyTask, SegmentTask, get_task, mixup_draw
 from unimae.domains.base import Sample
 
 __all__ = [
@@ -34,14 +33,7 @@ __all__ = [
 ]
 
 
-def _mixup_draw(n: int, alpha: float, gen: torch.Generator) -> tuple[float, torch.Tensor] | None:
-    """Mixup for one batch of ``n``, drawn from the step's generator (so a resumed run repeats it): None on
-    half of the batches (and for a batch of one), else ``(lam, permutation)`` with ``lam ~ Beta(alpha, alpha)``."""
-    if n < 2 or float(torch.rand((), generator=gen)) >= 0.5:
-        return None
-    seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    return lam, torch.randperm(n, generator=gen)
+_mixup_draw = mixup_draw  # the old name (the task layer owns it now)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,6 +78,7 @@ class FinetuneTrainer(Trainer):
             resume=resume, run_config=run_config, on_step=on_step, channels=channels,
         )  # fmt: skip
         self.task = task
+        self.task_def = get_task(task)
         self.data = data
         self.task_info = dict(task_info)
         self.init_info = dict(init_info)
@@ -93,8 +86,7 @@ class FinetuneTrainer(Trainer):
         self.multi_label = bool(task_info.get("multi_label"))
         self.class_names = list(task_info["class_names"])
         self.weight = weight
-        kind = f"{task}_multi_label" if task == "classify" and self.multi_label else task
-        options = MONITORS[kind]
+        options = self.task_def.monitors(self.multi_label)
         self.monitor = options[0] if config.monitor is None else look_up(config.monitor, options, what=f"{task} monitor")
         self.higher_is_better = self.monitor != "loss"
         self.best_value: float | None = None
@@ -102,30 +94,26 @@ class FinetuneTrainer(Trainer):
         self.last_metrics: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.progress_desc = f"finetune {task}"
-        self.batch_keys = () if task == "anomaly" else (("label",) if task == "classify" else ("mask",))
+        self.batch_keys = self.task_def.batch_keys
         self.metric_fields = self._fields()
-        if task == "segment":
-            first_bg = M.is_background(self.class_names[0])
-            self.seg_loss = MaskedDiceCELoss(
-                len(self.class_names), include_background=not first_bg, weight=weight,
-                lambda_dice=config.dice_weight, lambda_ce=config.ce_weight, label_smoothing=config.label_smoothing,
-            )  # fmt: skip
+        self.loss_module = self.task_def.make_loss(
+            self.class_names, weight=weight, dice_weight=config.dice_weight, ce_weight=config.ce_weight,
+            label_smoothing=config.label_smoothing,
+        )  # fmt: skip
 
     # -- engine hooks --------------------------------------------------------------------------------
     def _setup(self) -> None:
         super()._setup()
-        if self.task == "segment":
-            self.seg_loss.to(self.device)
+        if self.loss_module is not None:
+            self.loss_module.to(self.device)
         if self.is_main and self.run_config is not None:  # with task, init and anomaly (the engine's omits them)
             with atomic_path(self.out_dir / "config.yaml") as tmp:
                 tmp.write_text(dump_finetune_config(self.run_config))
 
     def _fields(self) -> tuple[str, ...]:
         base = ["step", "epoch", "loss"]
-        parts = {"classify": [], "segment": ["dice", "ce"], "anomaly": ["pixel", "gradient"]}[self.task]
-        kind = f"{self.task}_multi_label" if self.task == "classify" and self.multi_label else self.task
-        vals = [f"val_{m}" for m in MONITORS[kind]]
-        return tuple(base + parts + ["lr", "samples_per_s", "time"] + vals)
+        vals = [f"val_{m}" for m in self.task_def.monitors(self.multi_label)]
+        return tuple(base + list(self.task_def.loss_parts) + ["lr", "samples_per_s", "time"] + vals)
 
     def _param_groups(self, raw: nn.Module) -> list[dict[str, Any]]:
         cfg: FinetuneConfig = self.config  # type: ignore[assignment]
@@ -138,11 +126,11 @@ class FinetuneTrainer(Trainer):
         return param_groups_weight_decay(raw, cfg.weight_decay, no_weight_decay=nwd)
 
     def _pick_preview(self) -> dict[str, torch.Tensor] | None:
-        return super()._pick_preview() if self.task == "anomaly" else None
+        return super()._pick_preview() if self.task_def.mae_training else None
 
     def _contract(self) -> dict[str, Any]:
         c = dict(self.contract)
-        if self.task == "anomaly":
+        if self.task_def.mae_training:
             c.update({k: v for k, v in super()._contract().items() if k not in c})
         return c
 
@@ -162,9 +150,7 @@ class FinetuneTrainer(Trainer):
         self.best_step = state.get("best_step")
         self.last_metrics = dict(state.get("last_metrics") or {})
         best = self.out_dir / "best.safetensors"
-        if self.task == "anomaly" and self.best_step is not None and best.is_file():
-            from unimae.core.checkpoint import load_tensors
-
+        if self.task_def.calibrated and self.best_step is not None and best.is_file():
             self.best_state, _ = load_tensors(self.out_dir / "best", device="cpu")  # for the final calibration
 
     def _train_mode(self) -> None:
@@ -174,47 +160,36 @@ class FinetuneTrainer(Trainer):
     def _forward_loss(self, model: nn.Module, batch: Mapping[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
         if model.training:
             self._train_mode()
-        if self.task == "anomaly":
+        if self.task_def.mae_training:
             return super()._forward_loss(model, batch, gen)
         image = batch["image"].to(self.device, non_blocking=True)
         valid = batch["valid"].to(self.device, non_blocking=True)
         extra = {"channels": self.channels} if self.channels is not None else {}
         mix = None
-        if self.task == "classify" and model.training and self.config.mixup > 0:  # type: ignore[attr-defined]
-            mix = _mixup_draw(len(image), float(self.config.mixup), gen)  # type: ignore[attr-defined]
+        if self.task_def.mixup and model.training and self.config.mixup > 0:  # type: ignore[attr-defined]
+            mix = mixup_draw(len(image), float(self.config.mixup), gen)  # type: ignore[attr-defined]
             if mix is not None:
                 lam, perm = mix
                 image = lam * image + (1.0 - lam) * image[perm.to(image.device)]
                 valid = valid & valid[perm.to(valid.device)]
         with autocast(self.precision, self.device):
             logits = model(image, valid=valid, **extra)
-        if self.task == "classify":
-            if "label" not in batch:
-                raise InputError("a training item has no label")
-            return {"loss": self._classify_loss(logits, batch["label"].to(self.device), mix)}
-        if "mask" not in batch:
-            raise InputError("a training item has no mask")
-        return self.seg_loss(logits, batch["mask"].to(self.device), valid)
+        key = self.batch_keys[0]
+        if key not in batch:
+            raise InputError(f"a training item has no {key}")
+        target = batch[key].to(self.device)
+        if self.loss_module is not None:
+            return self.loss_module(logits, target, valid)
+        return {"loss": self._classify_loss(logits, target, mix)}
 
     def _classify_loss(
         self, logits: torch.Tensor, label: torch.Tensor, mix: tuple[float, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        logits = logits.float()
-        w = None if self.weight is None else self.weight.to(logits.device)
-        smoothing = self.config.label_smoothing  # type: ignore[attr-defined]
-        if self.multi_label:
-            target = label.float()
-        elif mix is None:
-            return F.cross_entropy(logits, label.long().reshape(-1), weight=w, label_smoothing=smoothing)
-        else:  # class probabilities, smoothed as F.cross_entropy smooths hard labels
-            n = logits.shape[1]
-            target = F.one_hot(label.long().reshape(-1), n).float() * (1.0 - smoothing) + smoothing / n
-        if mix is not None:
-            lam, perm = mix
-            target = lam * target + (1.0 - lam) * target[perm.to(target.device)]
-        if self.multi_label:
-            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=w)
-        return F.cross_entropy(logits, target, weight=w)
+        """The classification task's loss with this run's class weights, label smoothing and multi-label flag."""
+        return _CLASSIFY.loss(
+            logits, label, multi_label=self.multi_label, weight=self.weight,
+            label_smoothing=self.config.label_smoothing, mix=mix,  # type: ignore[attr-defined]
+        )  # fmt: skip
 
     def _has_validation(self) -> bool:
         return self.data.val is not None
@@ -233,12 +208,7 @@ class FinetuneTrainer(Trainer):
         raw.eval()
         try:
             with torch.no_grad():
-                if self.task == "classify":
-                    metrics = self._validate_classify()
-                elif self.task == "segment":
-                    metrics = self._validate_segment()
-                else:
-                    metrics = self._validate_anomaly()
+                metrics = getattr(self, f"_validate_{self.task_def.name}")()
         except InputError as err:
             raise InputError(f"validation at step {self.progress.step}: {err}") from err
         finally:
@@ -255,7 +225,7 @@ class FinetuneTrainer(Trainer):
         if not better:
             return
         self.best_value, self.best_step = float(value), self.progress.step
-        if self.task == "anomaly":  # kept for threshold calibration after training (every rank)
+        if self.task_def.calibrated:  # kept for threshold calibration after training (every rank)
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.raw.state_dict().items()}
         if self.is_main:
             save_checkpoint(
@@ -271,61 +241,41 @@ class FinetuneTrainer(Trainer):
         for start in range(0, len(idx), bs):
             chunk = idx[start : start + bs]
             views = [tf(val[i], 0) for i in chunk]  # type: ignore[index]
-            x = torch.stack([v.image.float() for v in views]).to(self.device)
-            vm = torch.stack([v.valid.bool() for v in views]).to(self.device)
-            extra = {"channels": self.channels} if self.channels is not None else {}
-            with autocast(self.precision, self.device):
-                logits = self.raw(x, valid=vm, **extra).float()
+            x = torch.stack([v.image.float() for v in views])
+            vm = torch.stack([v.valid.bool() for v in views])
+            logits = _CLASSIFY.logits(self.raw, x, vm, channels=self.channels, precision=self.precision, device=self.device)
             labels = [v.label for v in views]
             if any(lab is None for lab in labels):
                 raise InputError("a validation image has no label")
             y = torch.stack([torch.as_tensor(lab) for lab in labels]).to(self.device)
             for j, i in enumerate(chunk):
                 loss = self._classify_loss(logits[j : j + 1], y[j : j + 1]).item()
-                prob = torch.sigmoid(logits[j]) if self.multi_label else torch.softmax(logits[j], 0)
+                prob = _CLASSIFY.probabilities(logits[j], self.multi_label)
                 rows.append((i, (prob.cpu().numpy(), y[j].cpu().numpy(), loss)))
         cases = self._gather(rows)
         probs = np.stack([c[0] for c in cases])
         targets = np.stack([c[1] for c in cases]) if self.multi_label else np.array([int(c[1]) for c in cases])
         r = M.classification_metrics(probs, targets, class_names=self.class_names, multi_label=self.multi_label)
-        out = {k: r.get(k) for k in MONITORS[f"classify{'_multi_label' if self.multi_label else ''}"] if k != "loss"}
+        out = {k: r.get(k) for k in self.task_def.monitors(self.multi_label) if k != "loss"}
         out["loss"] = float(np.mean([c[2] for c in cases]))
         return {k: (math.nan if v is None else float(v)) for k, v in out.items()}
 
-    def _sliding(self, fn: Callable[[torch.Tensor], torch.Tensor], sample: Sample) -> torch.Tensor:
-        """``fn`` over ``(1, C + 1, *roi)`` windows (image + validity) of a sample, Gaussian-blended (MONAI)."""
-        from unimae.core.inference import sliding_window
-
-        x = sample.image.float()[None].to(self.device)
-        v = sample.valid.bool()[None, None].to(x.dtype).to(self.device)
-        return sliding_window(
-            fn, torch.cat([x, v], 1), list(self.data.input_size), overlap=self.config.val_overlap,  # type: ignore[attr-defined]
-            mode="gaussian", sw_batch_size=4,
-        )  # fmt: skip
-
-    def _fits(self, sample: Sample) -> bool:
-        return all(s <= r for s, r in zip(sample.spatial_shape, self.data.input_size))
+    def _run(self) -> dict[str, Any]:
+        """How validation runs a model on one sample (the task layer's ``infer`` options): once when the sample
+        fits the input size, else by Gaussian-blended windows with ``train.val_overlap``."""
+        return {"input_size": list(self.data.input_size), "channels": self.channels, "precision": self.precision,
+                "device": self.device, "direct": None, "overlap": self.config.val_overlap,  # type: ignore[attr-defined]
+                "sw_batch_size": 4}  # fmt: skip
 
     def _validate_segment(self) -> dict[str, float]:
         k = len(self.class_names)
-        extra = {"channels": self.channels} if self.channels is not None else {}
-
-        def probs_fn(xv: torch.Tensor) -> torch.Tensor:
-            with autocast(self.precision, self.device):
-                return torch.softmax(self.raw(xv[:, :-1], valid=xv[:, -1] > 0.5, **extra).float(), 1)
-
         rows: list[tuple[int, Any]] = []
         for i in self._val_indices():
             s = self.data.val[i]  # type: ignore[index]
             if s.mask is None:
                 raise InputError("a validation image has no mask")
-            if self._fits(s):
-                x = s.image.float()[None].to(self.device)
-                v = s.valid.bool()[None, None].to(x.dtype).to(self.device)
-                probs = probs_fn(torch.cat([x, v], 1))
-            else:
-                probs = self._sliding(probs_fn, s)
-            pred = probs[0].argmax(0).cpu()
+            probs = _SEGMENT.infer(self.raw, s.image, s.valid, **self._run())
+            pred = probs.argmax(0).cpu()
             valid = s.valid.bool()
             dice, iou = M.dice_iou(pred, s.mask, k, valid=valid)
             conf = M.label_confusion(pred, s.mask.clamp(0, k - 1), k, valid=valid)
@@ -340,31 +290,15 @@ class FinetuneTrainer(Trainer):
     def _anomaly_case(self, s: Sample, index: int, keep_pixels: int = 0) -> tuple[float, int, np.ndarray | None]:
         """Score (and label, and optionally sampled valid pixel values) of one validation sample."""
         a = self.anomaly
-        extra = {"channels": self.channels} if self.channels is not None else {}
-
-        def amap_fn(xv: torch.Tensor) -> torch.Tensor:
-            x, v = xv[:, :-1], xv[:, -1] > 0.5
-            out = torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.float32, device=x.device)
-            ok = v.flatten(1).any(1)
-            if bool(ok.any()):
-                idx = ok.nonzero()[:, 0]
-                gen = torch.Generator(device=x.device).manual_seed(0)
-                with autocast(self.precision, self.device):
-                    m = anomaly_map(self.raw, x[idx], valid=v[idx], k=int(a["k"]), sigma=a["sigma"],
-                                    norm_pix=self.config.norm_pix, generator=gen, **extra)  # fmt: skip
-                out[idx, 0] = m.float()
-            return out
-
         label = self._anomaly_label(s)
         view = s
         if self.raw.spatial_dims == 2:
             view = self.data.eval_transform(s, 0)
-        x = view.image.float()[None].to(self.device)
-        vm = view.valid.bool()[None, None].to(x.dtype).to(self.device)
-        amap = amap_fn(torch.cat([x, vm], 1)) if self._fits(view) else self._sliding(amap_fn, view)
-        amap = amap[0, 0].cpu()
+        amap = _ANOMALY.infer(
+            self.raw, view.image, view.valid, k=int(a["k"]), sigma=a["sigma"], norm_pix=self.config.norm_pix, **self._run()
+        ).cpu()  # fmt: skip
         valid = view.valid.bool()
-        score = float(image_scores(amap[None], valid[None], float(a["top_fraction"]))[0])
+        score = _ANOMALY.score(amap, valid, float(a["top_fraction"]))
         pixels = None
         if keep_pixels and bool(valid.any()):
             values = amap[valid]
@@ -417,12 +351,10 @@ class FinetuneTrainer(Trainer):
             return {}
         scores = torch.tensor([c[0] for c in normal], dtype=torch.float64)
         pixels = torch.from_numpy(np.concatenate([c[2] for c in normal if c[2] is not None]).astype(np.float64))
-        return {
-            "image_threshold": calibrate_threshold(scores, fpr),
-            "pixel_threshold": calibrate_threshold(pixels, fpr) if pixels.numel() else None,
-            "fpr": float(fpr),
-            "calibration_images": len(normal),
-        }
+        return {**_ANOMALY.calibrate(scores, pixels, fpr), "calibration_images": len(normal)}
+
+
+_CLASSIFY, _SEGMENT, _ANOMALY = (get_task(t.name) for t in (ClassifyTask, SegmentTask, AnomalyTask))
 
 
 def _f(value: Any) -> float:

@@ -38,11 +38,12 @@ from typing import Any
 from unimae.apps.commands import add_predict_parser  # noqa: F401 (re-exported)
 from unimae.apps.predict_render import display_image, overlay_image, result_suffix, write_prediction
 from unimae.apps.predict_stream import file_stem as _stem
-from unimae.apps.prediction import Prediction, _mask_fraction, safe_meta
+from unimae.apps.prediction import Prediction, safe_meta
 from unimae.apps.predictor import SEGMENT_MODES, Predictor, clear_predictor_cache, load_predictor, resolve_device
 from unimae.core.errors import InputError
 from unimae.core.fileio import atomic_path
 from unimae.core.inference import make_contract, task_metadata
+from unimae.core.tasks import get_task
 from unimae.domains.base import DomainPlugin, Sample
 from unimae.domains.folders import image_folder_of, mask_files_among
 from unimae.domains.sniff import has_dicom_magic
@@ -142,14 +143,7 @@ class PredictSummary:
 
 def _csv_row(pred: Prediction, name: str) -> dict[str, Any]:
     row: dict[str, Any] = {"file": name}
-    if pred.task == "classify":
-        row["predicted"] = ";".join(pred.predicted or [])
-        row.update({f"p_{n}": round(v, 6) for n, v in (pred.probabilities or {}).items()})
-    elif pred.task == "segment":
-        row.update({f"fraction_{n}": round(v, 6) for n, v in (pred.class_fractions or {}).items()})
-    else:
-        row.update(score=pred.score, is_anomalous=pred.is_anomalous,
-                   anomalous_fraction=_mask_fraction(pred.anomaly_mask, pred.meta))  # fmt: skip
+    row.update(get_task(pred.task).csv_row(pred))
     return row
 
 
@@ -206,7 +200,7 @@ def predict_paths(
             stem, n = f"{stem}_{n}", n + 1
         used.add(stem)
         try:
-            if predictor.plugin.streams and predictor.task != "classify":
+            if predictor.plugin.streams and predictor.task_def.per_pixel:
                 files = predictor.predict_geotiff(path, out_dir, stem=stem, threshold=threshold,
                                                   image_threshold=image_threshold, probabilities=probabilities,
                                                   progress=progress)  # fmt: skip

@@ -199,11 +199,11 @@ def write_prediction(
     def write_map(name: str, array: np.ndarray, kind: str, nodata: float) -> None:
         files[name] = plugin.write(array, meta, out_dir / f"{stem}_{name}{plugin.suffix}", kind=kind, nodata=nodata)
 
-    if pred.task == "segment" and pred.label_map is not None:
+    if pred.label_map is not None:  # segmentation
         k = len(pred.class_names)
         write_map("seg", pred.label_map, "labels", _label_nodata(meta.get("nodata"), k))
         files["overlay"] = _overlay_file(pred, plugin, out_dir / f"{stem}_overlay.png", alpha, labels=pred.label_map)
-    elif pred.task == "anomaly" and pred.heatmap is not None:
+    elif pred.heatmap is not None:  # anomaly
         write_map("heatmap", pred.heatmap.astype(np.float32), "heat", _heat_nodata(meta.get("nodata")))
         if pred.anomaly_mask is not None:
             write_map("anomaly_mask", pred.anomaly_mask.astype(np.uint8), "labels", 255.0)

@@ -46,7 +46,7 @@ def file_stem(path: Path) -> str:
 
 class SceneStreaming:
     """Streamed prediction (a mixin of :class:`~unimae.apps.predictor.Predictor`, which provides the model,
-    the plugin, ``_sliding``, ``_preprocess``, ``check_channels``, ``_new`` and ``_anomaly_result``)."""
+    the plugin, the task (``task_def``), ``_sliding``, ``_preprocess``, ``check_channels``, ``_new`` and ``_anomaly_result``)."""
 
     def _tile_predict(self, read_window: Callable[[tuple[int, int, int, int]], Sample]):
         """``window -> (values (K, h, w), valid)`` for :func:`stream_blend`: read, preprocess, sliding window."""
@@ -126,13 +126,14 @@ class SceneStreaming:
             read_window = self._scene_reader(reader)
         try:
             k = self.num_outputs
-            result = np.zeros(shape, dtype=np.float32 if self.task == "anomaly" else np.int64)
+            labels_out = self.task_def.class_outputs  # a label map (segment), else a heat map (anomaly)
+            result = np.zeros(shape, dtype=np.int64 if labels_out else np.float32)
             valid_all = np.zeros(shape, dtype=bool)
 
             def sink(r: int, c: int, values: np.ndarray, valid: np.ndarray) -> None:
                 h, w = valid.shape
                 valid_all[r : r + h, c : c + w] = valid
-                if k == 1 and self.task == "anomaly":
+                if not labels_out:
                     result[r : r + h, c : c + w] = np.where(valid, values[0], 0.0)
                 else:
                     result[r : r + h, c : c + w] = np.where(valid, values.argmax(0), 0)
@@ -145,7 +146,7 @@ class SceneStreaming:
                 reader.close()
         meta = dict(src.meta)
         meta["valid"] = torch.from_numpy(valid_all)
-        if self.task == "segment":
+        if labels_out:
             labels = result.astype(np.uint8 if len(self.class_names) <= 256 else np.int32)
             pred = self._new(meta, label_map=labels, class_fractions=class_fractions(result, meta, self.class_names))
         else:
@@ -177,7 +178,7 @@ class SceneStreaming:
         Returns:
             ``{"seg" | "heatmap", "anomaly_mask", "probs", "overlay", "report": path}``.
         """
-        if self.task == "classify":
+        if not self.task_def.per_pixel:
             raise InputError("predict_geotiff streams segmentation and anomaly maps; use predict() to classify")
         t0 = time.perf_counter()
         out_dir = Path(out_dir)
@@ -197,6 +198,7 @@ class SceneStreaming:
             pix_thr = self.anomaly.get("pixel_threshold") if threshold is None else float(threshold)
             top = TopFraction(float(self.anomaly.get("top_fraction", 0.01)), h * w)
             counts = np.zeros(max(k, 1), dtype=np.int64)
+            labels_out = self.task_def.class_outputs  # a label map (segment), else a heat map (anomaly)
             with contextlib.ExitStack() as stack:
                 writers: dict[str, Any] = {}
 
@@ -206,7 +208,7 @@ class SceneStreaming:
                     writers[name] = stack.enter_context(self.plugin.scene_writer(
                         source, path, count=count, dtype=dtype, nodata=nodata, descriptions=desc, tile=block))  # fmt: skip
 
-                if self.task == "segment":
+                if labels_out:
                     nd = _label_nodata(meta.get("nodata"), k) if (may_be_invalid or meta.get("nodata") is not None) else None
                     open_writer("seg", "_seg.tif", 1, _int_dtype_for([0, k - 1] + ([nd] if nd is not None else [])), nd)
                     if probabilities:
@@ -227,7 +229,7 @@ class SceneStreaming:
                 def sink(r: int, c: int, values: np.ndarray, valid: np.ndarray) -> None:
                     bh, bw = valid.shape
                     win = (r, c, bh, bw)
-                    if self.task == "segment":
+                    if labels_out:
                         labels = values.argmax(0)
                         counts[:] += np.bincount(labels[valid], minlength=k)[:k]
                         wr = writers["seg"]
@@ -250,9 +252,9 @@ class SceneStreaming:
                             mw.write(m.astype(np.uint8), win)
 
                 self._stream((h, w), read_window, sink, progress=f"{Path(source).name} tiles" if progress else False)
-            n_valid = top.count if self.task == "anomaly" else int(counts.sum())
+            n_valid = int(counts.sum()) if labels_out else top.count
             pred = self._new(meta)
-            if self.task == "segment":
+            if labels_out:
                 pred.class_fractions = {n: (float(counts[i]) / n_valid if n_valid else 0.0) for i, n in enumerate(self.class_names)}
                 files["overlay"] = preview.write(out_dir / f"{stem}_overlay.png", labels=True)
             else:
@@ -262,7 +264,7 @@ class SceneStreaming:
             pred.checkpoint = self.checkpoint
             pred.seconds = time.perf_counter() - t0
             report = pred.report(files)
-            if self.task == "anomaly":
+            if not labels_out:
                 report["anomalous_fraction"] = (float(counts[0]) / n_valid if n_valid else 0.0) if pred.threshold is not None else None
             report["streamed"] = {"tile": self.tile, "overlap": self.tile_overlap, "block": block}
             files["report"] = _write_json(out_dir / f"{stem}.json", report)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unimae.core.tasks import get_task
 from unimae.domains.base import Sample
 from unimae.domains.display import valid_np as _valid_np
 
@@ -76,10 +77,15 @@ class Prediction:
 
     def with_threshold(self, threshold: float | None) -> Prediction:
         """The same anomaly result with another pixel threshold: a new mask, the same heat map (no re-run)."""
-        if self.task != "anomaly" or self.heatmap is None:
+        if self.heatmap is None:  # only anomaly predictions carry a heat map
             raise ValueError("with_threshold applies to anomaly predictions")
         return dc_replace(self, threshold=None if threshold is None else float(threshold),
                           anomaly_mask=_threshold_mask(self.heatmap, self.meta, threshold))  # fmt: skip
+
+    @property
+    def anomalous_fraction(self) -> float | None:
+        """The share of valid pixels above the pixel threshold (None without a mask)."""
+        return _mask_fraction(self.anomaly_mask, self.meta)
 
     def report(self, outputs: Mapping[str, Path] | None = None) -> dict[str, Any]:
         """A JSON-serialisable report: task, classes, scores, threshold and the input's geometry."""
@@ -92,21 +98,7 @@ class Prediction:
             "preprocess": _jsonable(self.preprocess),
             "input": safe_meta(self.meta),
         }
-        if self.task == "classify":
-            rep.update(probabilities=self.probabilities, predicted=self.predicted, multi_label=self.multi_label)
-            if self.multi_label:
-                rep["threshold"] = self.threshold
-        elif self.task == "segment":
-            rep["class_fractions"] = self.class_fractions
-        else:
-            rep.update(
-                score=self.score,
-                pixel_threshold=self.threshold,
-                image_threshold=self.image_threshold,
-                is_anomalous=self.is_anomalous,
-                anomalous_fraction=_mask_fraction(self.anomaly_mask, self.meta),
-                heatmap_max=float(self.heatmap.max()) if self.heatmap is not None and self.heatmap.size else None,
-            )
+        rep.update(get_task(self.task).report(self))
         if outputs:
             rep["outputs"] = {k: Path(v).name for k, v in outputs.items()}
         rep["seconds"] = round(float(self.seconds), 4)

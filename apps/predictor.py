@@ -21,12 +21,11 @@ What each task does (``input_size`` and the preprocessing come from the checkpoi
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,12 @@ import torch
 
 from unimae.apps.predict_stream import SceneStreaming, top_mean
 from unimae.apps.prediction import Prediction, _threshold_mask, class_fractions, clean_meta
-from unimae.core.anomaly import anomaly_map
 from unimae.core.checkpoint import checkpoint_paths, load_checkpoint
 from unimae.core.errors import InputError, look_up
-from unimae.core.inference import parse_task_metadata, sliding_window
+from unimae.core.inference import parse_task_metadata
 from unimae.core.models import MAEClassifier, MAESegmenter  # noqa: F401  (registers the task model classes)
-from unimae.core.precision import PRECISIONS, autocast, default_device, resolve_precision
+from unimae.core.precision import PRECISIONS, default_device, resolve_precision
+from unimae.core.tasks import Task, get_task
 from unimae.domains import get_domain, guess_domain
 from unimae.domains.base import DomainPlugin, Sample
 from unimae.domains.display import in_model_space, valid_np
@@ -156,13 +155,14 @@ class Predictor(SceneStreaming):
         self.checkpoint = checkpoint
         self.meta = dict(meta)
         self.task: str = info["task"]
+        self.task_def: Task = get_task(self.task)
         self.domain: str = info["domain"]
         self.plugin: DomainPlugin = get_domain(self.domain)
         if self.task not in self.plugin.tasks:
             raise InputError(f"the {self.domain} domain has no {self.task} task", checkpoint)
         self.class_names: list[str] = list(info["class_names"])
         n_out = getattr(model, "config", {}).get("num_classes")
-        if self.task != "anomaly" and n_out is not None and int(n_out) != len(self.class_names):
+        if self.task_def.class_outputs and n_out is not None and int(n_out) != len(self.class_names):
             raise InputError(f"checkpoint lists {len(self.class_names)} class names but its model has {n_out} outputs", checkpoint)
         self.multi_label: bool = bool(info["multi_label"])
         self.contract: dict[str, Any] = dict(info["contract"])
@@ -198,7 +198,7 @@ class Predictor(SceneStreaming):
     @property
     def num_outputs(self) -> int:
         """Channels of the per-pixel output: classes (segment) or 1 (anomaly)."""
-        return len(self.class_names) if self.task == "segment" else 1
+        return len(self.class_names) if self.task_def.per_pixel and self.task_def.class_outputs else 1
 
     # -- inputs ------------------------------------------------------------------------------------
     def check_input(self, path: str | Path) -> None:
@@ -265,55 +265,26 @@ class Predictor(SceneStreaming):
         return [str(c["name"]) for c in sample.meta["channels"]]
 
     # -- model calls ---------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _running(self) -> Iterator[None]:
-        with torch.inference_mode(), autocast(self.precision, self.device):
-            yield
-
-    def _batch(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-        x = sample.image.float()[None].to(self.device)
-        v = sample.valid.bool()[None].to(self.device)
-        return x, v
-
-    def _window_fn(self, channels: list[str] | None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A sliding-window function of ``(n, C + 1, *roi)`` (image + validity channel)."""
-        if self.task == "segment":
-
-            def seg(xv: torch.Tensor) -> torch.Tensor:
-                x, v = xv[:, :-1], xv[:, -1] > 0.5
-                logits = self.model(x, valid=v, channels=channels)
-                return torch.softmax(logits.float(), dim=1)
-
-            return seg
-
-        k, sigma = int(self.anomaly.get("k", 4)), self.anomaly.get("sigma")
-        norm_pix = bool(self.anomaly.get("norm_pix", True))  # the target the MAE was trained with
-
-        def amap(xv: torch.Tensor) -> torch.Tensor:
-            x, v = xv[:, :-1], xv[:, -1] > 0.5
-            out = torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.float32, device=x.device)
-            ok = v.flatten(1).any(1)  # windows of padding / nodata only are not run
-            if bool(ok.any()):
-                idx = ok.nonzero()[:, 0]
-                gen = torch.Generator(device=x.device).manual_seed(0)  # the same mask partition for every window
-                m = anomaly_map(self.model, x[idx], valid=v[idx], channels=channels, k=k, sigma=sigma,
-                                norm_pix=norm_pix, generator=gen)  # fmt: skip
-                out[idx, 0] = m.float()
-            return out
-
-        return amap
+    def _infer(self, sample: Sample, *, direct: bool, progress: bool = False) -> torch.Tensor:
+        """The task's one-sample inference (:meth:`~unimae.core.tasks.base.Task.infer`, the path validation
+        takes too) on a model-space sample: once on the whole sample (``direct``), else by windows blended
+        on the CPU. Per-pixel outputs are ``(K, *S)`` (segment) or ``(*S)`` (anomaly), float32 on the CPU."""
+        run: dict[str, Any] = {"channels": self._channel_arg(sample), "precision": self.precision, "device": self.device}
+        if self.task_def.per_pixel:
+            run.update(input_size=self.input_size, direct=direct, overlap=self.overlap, sw_batch_size=self.sw_batch_size,
+                       out_device="cpu", progress=progress)  # fmt: skip
+        if self.task_def.calibrated:  # the settings the anomaly map was calibrated with
+            run.update(k=int(self.anomaly.get("k", 4)), sigma=self.anomaly.get("sigma"),
+                       norm_pix=bool(self.anomaly.get("norm_pix", True)))  # fmt: skip
+        if self.task_def.mixup:
+            run["multi_label"] = self.multi_label
+        with torch.inference_mode():
+            return self.task_def.infer(self.model, sample.image, sample.valid, **run).float().cpu()
 
     def _sliding(self, sample: Sample, progress: bool = False) -> torch.Tensor:
         """Blended per-pixel output ``(K, *S)`` (float32, CPU) of the model over a model-space sample."""
-        x, v = self._batch(sample)
-        xv = torch.cat([x, v[:, None].to(x.dtype)], dim=1)
-        fn = self._window_fn(self._channel_arg(sample))
-        with self._running():
-            out = sliding_window(
-                fn, xv, self.input_size, overlap=self.overlap, mode="gaussian", sw_batch_size=self.sw_batch_size,
-                device="cpu", sw_device=self.device, progress=progress,
-            )  # fmt: skip
-        return out[0]
+        out = self._infer(sample, direct=False, progress=progress)
+        return out if out.ndim == sample.image.ndim else out[None]
 
     def _eval_view(self, sample: Sample) -> Sample:
         return self.plugin.augment(train=False, input_size=self.input_size)(sample, 0)
@@ -343,16 +314,11 @@ class Predictor(SceneStreaming):
             streamed tiler (kept in memory here; :meth:`predict_geotiff` streams to files).
         """
         t0 = time.perf_counter()
-        if self.plugin.streams and self.task != "classify":
+        if self.plugin.streams and self.task_def.per_pixel:
             pred = self._predict_scene(source, threshold=threshold, image_threshold=image_threshold, progress=progress)
         else:
             src, sample = self.load(source)
-            if self.task == "classify":
-                pred = self._classify(src, sample, threshold)
-            elif self.task == "segment":
-                pred = self._segment(src, sample, progress)
-            else:
-                pred = self._anomaly(src, sample, threshold, image_threshold, progress)
+            pred = getattr(self, f"_{self.task_def.name}")(src, sample, threshold, image_threshold, progress)
             pred.source = src if keep_source else None
         pred.checkpoint = self.checkpoint
         pred.seconds = time.perf_counter() - t0
@@ -363,12 +329,10 @@ class Predictor(SceneStreaming):
                           meta=clean_meta(meta), multi_label=self.multi_label,
                           preprocess=dict(self.preprocess_kwargs), **kw)  # fmt: skip
 
-    def _classify(self, src: Sample, sample: Sample, threshold: float | None) -> Prediction:
-        view = self._eval_view(sample)
-        x, v = self._batch(view)
-        with self._running():
-            logits = self.model(x, valid=v, channels=self._channel_arg(view)).float()[0]
-        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, 0)
+    def _classify(
+        self, src: Sample, sample: Sample, threshold: float | None, image_threshold: float | None = None, progress: bool = False
+    ) -> Prediction:
+        probs = self._infer(self._eval_view(sample), direct=True)
         p = {n: float(q) for n, q in zip(self.class_names, probs.cpu().tolist())}
         if self.multi_label:
             thr = 0.5 if threshold is None else float(threshold)
@@ -377,18 +341,18 @@ class Predictor(SceneStreaming):
             thr, predicted = None, [max(p, key=p.get)]
         return self._new(src.meta, probabilities=p, predicted=predicted, threshold=thr)
 
-    def _segment(self, src: Sample, sample: Sample, progress: bool) -> Prediction:
+    def _segment(
+        self, src: Sample, sample: Sample, threshold: float | None = None, image_threshold: float | None = None,
+        progress: bool = False,
+    ) -> Prediction:  # fmt: skip
         if self.segment_mode == "resize" and self.spatial_dims == 2:
             view = self._eval_view(sample)
-            x, v = self._batch(view)
-            with self._running():
-                logits = self.model(x, valid=v, channels=self._channel_arg(view)).float()[0]
-            labels = logits.argmax(0).cpu().numpy().astype(np.int64)
+            probs = self._infer(view, direct=True)
             model_meta = view.meta
         else:
-            probs = self._sliding(sample, progress)
-            labels = probs.argmax(0).numpy().astype(np.int64)
+            probs = self._infer(sample, direct=False, progress=progress)
             model_meta = sample.meta
+        labels = probs.argmax(0).numpy().astype(np.int64)
         labels = np.where(valid_np(model_meta, labels.shape), labels, 0)
         out = np.asarray(self.plugin.to_source_grid(labels, model_meta, kind="labels")).astype(np.int64)
         out = np.where(valid_np(src.meta, out.shape), out, 0)
@@ -399,15 +363,12 @@ class Predictor(SceneStreaming):
         self, src: Sample, sample: Sample, threshold: float | None, image_threshold: float | None, progress: bool
     ) -> Prediction:
         top = float(self.anomaly.get("top_fraction", 0.01))
-        if self.spatial_dims == 2:
+        if self.spatial_dims == 2:  # the evaluation view, as validation scored it
             view = self._eval_view(sample)
-            x, v = self._batch(view)
-            xv = torch.cat([x, v[:, None].to(x.dtype)], dim=1)
-            with self._running():
-                amap = self._window_fn(self._channel_arg(view))(xv)[0, 0].float().cpu()
+            amap = self._infer(view, direct=True)
             model_meta = view.meta
         else:
-            amap = self._sliding(sample, progress)[0]
+            amap = self._infer(sample, direct=False, progress=progress)
             model_meta = sample.meta
         valid_model = torch.from_numpy(valid_np(model_meta, tuple(amap.shape)))
         amap = amap * valid_model

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from unimae.core.errors import InputError
+from unimae.core.tasks import Task, app_order, get_task
 
 __all__ = [
     "AppSettings",
@@ -43,7 +44,8 @@ __all__ = [
 
 log = logging.getLogger("unimae.app")
 
-TASK_TITLES = {"segment": "Segmentation", "classify": "Classification", "anomaly": "Anomaly map"}
+#: each task's title (:attr:`~unimae.core.tasks.base.Task.title`), by name in tab order (kept for old imports)
+TASK_TITLES = {t.name: t.title for t in app_order()}
 _SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".dicom", ".tar.gz")
 
@@ -330,6 +332,10 @@ class TaskPanel:
     def name(self) -> str:
         return f"{self.domain}_{self.task}"
 
+    @property
+    def task_def(self) -> Task:
+        return get_task(self.task)
+
     # -- display -------------------------------------------------------------------------------
     def _window(self, window: str | None, center: float | None, width: float | None) -> tuple[float, float]:
         windows = self.plugin.windows
@@ -366,9 +372,10 @@ class TaskPanel:
         from unimae.apps.ui_render import anomaly_html, legend_html
 
         pred = view.pred
-        if pred.task == "classify":
+        task = get_task(pred.task)
+        if task.image_labels:
             return dict(pred.probabilities or {})
-        if pred.task == "segment":
+        if task.pixel_labels:
             return legend_html(pred.class_names, view.colours, view.hidden, pred.class_fractions)
         return anomaly_html(pred, view.vmax)
 
@@ -378,7 +385,7 @@ class TaskPanel:
         device = f"{p.device.type} {p.precision}" if p is not None else ""
         lines = [f"**{file_name}** · {describe_input(pred, self.plugin)}",
                  f"{entry.key} · {seconds:.2f} s{' on ' + device if device else ''}"]  # fmt: skip
-        if pred.task == "classify":
+        if get_task(pred.task).image_labels:
             chosen = ", ".join(pred.predicted or []) or "none"
             if pred.multi_label:
                 lines.append(f"findings above {pred.threshold:g}: **{chosen}**")
@@ -454,8 +461,8 @@ class TaskPanel:
             predictor = load_predictor(entry.path, device=self.settings.device, precision=self.settings.precision)
             self._last_predictor = predictor
             if progress is not None:
-                progress(0.15, desc=f"{TASK_TITLES[self.task].lower()} of {file_name}")
-            if threshold is not None and (self.task != "anomaly" or not math.isfinite(float(threshold))
+                progress(0.15, desc=f"{self.task_def.title.lower()} of {file_name}")
+            if threshold is not None and (not self.task_def.calibrated or not math.isfinite(float(threshold))
                                           or float(threshold) < 0):  # fmt: skip
                 raise InputError(f"threshold must be a number >= 0 for an anomaly model, got {threshold!r}")
             pred = predictor.predict(path, threshold=None if threshold is None else float(threshold),
@@ -463,7 +470,7 @@ class TaskPanel:
             if progress is not None:
                 progress(0.85, desc="drawing and writing the results")
             view = prepare_view(pred, self.plugin)
-            if self.task == "anomaly":
+            if self.task_def.calibrated:
                 anomaly = predictor.meta.get("anomaly") if isinstance(predictor.meta, Mapping) else None
                 cal = (anomaly or {}).get("pixel_threshold") if isinstance(anomaly, Mapping) else None
                 view.calibrated = float(cal) if isinstance(cal, (int, float)) and cal > 0 else pred.threshold
@@ -570,7 +577,7 @@ class TaskPanel:
                                      step=1, interactive=n > 1, label=f"{plane} slice (of {n})")  # fmt: skip
         scale_update, box_update = gr.update(), gr.update()
         pred = view.pred
-        if pred.task == "anomaly" and pred.heatmap is not None:
+        if pred.heatmap is not None:  # anomaly
             cal, top = self.scale(view)
             value = float(pred.threshold) if pred.threshold is not None else 0.5 * top
             middle = f"{cal:.4g} (calibrated)" if cal is not None and 0 < cal < top else f"{0.5 * top:.4g}"

@@ -343,7 +343,7 @@ def prepare_view(pred: Any, plugin: Any = None) -> ResultView:
     plugin = plugin if plugin is not None else get_domain(pred.domain)
     names = list(pred.class_names)
     colours = class_colours(names)
-    hidden = hidden_classes(names) if pred.task == "segment" else ()
+    hidden = hidden_classes(names) if pred.label_map is not None else ()  # segmentation's legend
     meta = pred.meta
     src = pred.source
     vmax = heat_vmax(pred.heatmap, pred.threshold) if pred.heatmap is not None else 1.0
@@ -480,9 +480,9 @@ def render(
         labels, heat, mask = view.labels, view.heat, view.mask
         valid = view.valid if view.kind == "scene" else None
     out = base[..., :3]
-    if show_result and pred.task == "segment" and labels is not None:
+    if show_result and labels is not None:  # segmentation
         out = blend_labels(out, labels, view.colours, opacity, view.hidden, valid)
-    elif show_result and pred.task == "anomaly" and heat is not None:
+    elif show_result and heat is not None:  # anomaly
         out = blend_heat(out, heat, opacity, view.vmax, mask)
     if valid is not None and not valid.all():
         out = np.concatenate([out, (valid.astype(np.uint8) * 255)[..., None]], axis=-1)

@@ -9,21 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from unimae.apps.ui_panel import TASK_TITLES, AppSettings, TaskPanel, device_summary
+from unimae.core.tasks import app_order
 
 __all__ = ["TASK_HELP", "task_tab", "picker", "upload_check", "models_tab"]
 
-TASK_HELP = {
-    "segment": "A class for every {unit}, drawn over the image with a legend. Opacity changes the drawing only.",
-    "classify": "Class probabilities for the whole image (independent per finding for multi-label models).",
-    "anomaly": "Reconstruction error of a masked autoencoder trained on normal images only: hot where the "
-    "image departs from normal. The threshold outlines the flagged area (cyan) without re-running the model.",
-}
+#: each task's help line (:attr:`~unimae.core.tasks.base.Task.help`), by name (kept for old imports)
+TASK_HELP = {t.name: t.help for t in app_order()}
 
 def task_tab(panel: TaskPanel, file_input: Any, catalog: Any) -> tuple[Any, Any]:
     """The widgets and events of one task tab (inside the current ``gr.Tab``)."""
     import gradio as gr
 
     domain, task, plugin = panel.domain, panel.task, panel.plugin
+    task_def = panel.task_def
     volume = plugin.display_kind == "volume"
     composites = dict(plugin.composites)  # a scene viewer's band composites (e.g. natural / false colour)
     windows = dict(plugin.windows)  # a volume viewer's intensity windows (e.g. CT's HU presets)
@@ -47,17 +45,14 @@ def task_tab(panel: TaskPanel, file_input: Any, catalog: Any) -> tuple[Any, Any]
             if volume:
                 index = gr.Slider(0, 1, value=0, step=1, label="slice", interactive=False, elem_id=f"{panel.name}-slice")
         with gr.Column(scale=2, min_width=300):
-            if task == "classify":
-                summary = gr.Label(label="class probabilities", num_top_classes=10, elem_id=f"{panel.name}-summary")
-            elif task == "segment":
-                summary = gr.HTML(label="legend", elem_id=f"{panel.name}-summary")
+            if task_def.image_labels:
+                summary = gr.Label(label=task_def.summary_label, num_top_classes=10, elem_id=f"{panel.name}-summary")
             else:
-                summary = gr.HTML(label="anomaly score", elem_id=f"{panel.name}-summary")
+                summary = gr.HTML(label=task_def.summary_label, elem_id=f"{panel.name}-summary")
             threshold = scale = None
-            if task != "classify":
-                kw["opacity"] = gr.Slider(0.0, 1.0, value=0.5 if task == "segment" else 0.6, step=0.05,
-                                          label="overlay opacity")  # fmt: skip
-            if task == "anomaly":  # a scale with the calibrated threshold in the middle, and the value itself
+            if task_def.overlay_opacity is not None:
+                kw["opacity"] = gr.Slider(0.0, 1.0, value=task_def.overlay_opacity, step=0.05, label="overlay opacity")
+            if task_def.calibrated:  # a scale with the calibrated threshold in the middle, and the value itself
                 scale = gr.Slider(0.0, 1.0, value=0.5, step=0.001, label="threshold scale (middle: calibrated)",
                                   interactive=False, elem_id=f"{panel.name}-threshold-scale",
                                   elem_classes=["unimae-scale"])  # fmt: skip
@@ -93,7 +88,7 @@ def task_tab(panel: TaskPanel, file_input: Any, catalog: Any) -> tuple[Any, Any]
     run.__doc__ = f"{domain} {task}: returns the overlay image, the summary, the downloads, the report and a status line."
     outputs = [image, summary, files, report, status, view]
     run_kw = dict(kw)
-    if task == "anomaly":  # API callers may override the calibrated pixel threshold; the page uses its slider
+    if task_def.calibrated:  # API callers may override the calibrated pixel threshold; the page uses its slider
         run_kw["threshold"] = gr.Number(value=None, visible=False, label="threshold")
     event = run_btn.click(
         run, inputs=[file_input, model], inputs_kwargs=run_kw, outputs=outputs, api_name=panel.name,

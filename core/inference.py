@@ -3,8 +3,8 @@
 * :func:`task_metadata` / :func:`parse_task_metadata`: the one definition of what a task checkpoint's
   JSON carries (task, domain, classes, input contract, anomaly thresholds), shared by the fine-tuning
   writer and the predict layer.
-* :func:`sliding_window`: MONAI ``sliding_window_inference`` with Gaussian blending for 2D/3D
-  segmentation logits/probabilities and anomaly maps of images larger than the model's input size.
+* :func:`sliding_window` (from :mod:`unimae.core.sliding`): MONAI ``sliding_window_inference`` with
+  Gaussian blending for 2D/3D segmentation probabilities and anomaly maps larger than the model's input size.
 * :func:`stream_blend`: tiles a very large 2D raster on a regular grid, predicts each tile (with
   context), blends overlaps with linear ramps and hands each finished block to a callback as soon as
   no later tile can touch it. Peak memory is one tile plus a strip ``overlap`` rows high across the
@@ -20,10 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from unimae.core.errors import InputError, look_up
 from unimae.core.patch_embed import to_tuple
+from unimae.core.sliding import sliding_window
+from unimae.core.tasks import ANOMALY_SETTINGS, TASKS, all_tasks, get_task
 
 __all__ = [
     "TASKS",
@@ -38,16 +39,8 @@ __all__ = [
     "TopFraction",
 ]
 
-TASKS = ("classify", "segment", "anomaly")
 BLEND_MODES = ("linear", "constant")
-_ANOMALY_DEFAULTS: dict[str, Any] = {
-    "k": 4,
-    "sigma": None,
-    "top_fraction": 0.01,
-    "image_threshold": None,
-    "pixel_threshold": None,
-    "fpr": 0.05,
-}
+_ANOMALY_DEFAULTS: dict[str, Any] = ANOMALY_SETTINGS  # the old name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,27 +104,19 @@ def task_metadata(
     Returns:
         ``{"task", "domain", "class_names", "multi_label", "contract"[, "anomaly"]}``.
     """
-    task = look_up(task, TASKS, what="task")
-    names = [str(c) for c in class_names] or (["normal", "anomaly"] if task == "anomaly" else [])
+    t = get_task(task)
+    names = [str(c) for c in class_names] or list(t.default_class_names)
     if not names:
-        raise ValueError(f"a {task} checkpoint needs class_names")
+        raise ValueError(f"a {t.name} checkpoint needs class_names")
+    own = t.metadata(multi_label=bool(multi_label), settings=anomaly)
     out: dict[str, Any] = {
-        "task": task,
+        "task": t.name,
         "domain": str(domain),
         "class_names": names,
-        "multi_label": bool(multi_label) if task == "classify" else False,
+        "multi_label": bool(own.pop("multi_label", False)),
         "contract": dict(contract),
     }
-    if task == "anomaly":
-        settings = dict(_ANOMALY_DEFAULTS)
-        settings.update(dict(anomaly or {}))
-        for key in ("image_threshold", "pixel_threshold", "sigma"):
-            if settings[key] is not None:
-                settings[key] = float(settings[key])
-        settings["k"] = int(settings["k"])
-        settings["top_fraction"] = float(settings["top_fraction"])
-        settings["fpr"] = float(settings["fpr"])
-        out["anomaly"] = settings
+    out.update(own)
     return out
 
 
@@ -146,13 +131,15 @@ def parse_task_metadata(meta: Mapping[str, Any], path: Any = None) -> dict[str, 
         raise InputError("checkpoint has no input 'contract' (domain, channels, input size); cannot run it", path)
     task = meta.get("task")
     model_class = meta.get("model_class")
-    if task is None:
-        if model_class != "MaskedAutoencoder":
+    if task is None:  # a pretraining checkpoint: the task whose model it is, if that task has no classes to learn
+        found = [t.name for t in all_tasks() if t.model_class.__name__ == model_class and not t.class_outputs]
+        if not found:
             raise InputError(f"checkpoint has no 'task' (model {model_class!r}); expected a fine-tuned task model", path)
-        task = "anomaly"
+        task = found[0]
     if task not in TASKS:
         raise InputError(f"checkpoint task {task!r} is not one of {', '.join(TASKS)}", path)
-    expected = {"classify": "MAEClassifier", "segment": "MAESegmenter", "anomaly": "MaskedAutoencoder"}[task]
+    t = get_task(task)
+    expected = t.model_class.__name__
     if model_class != expected:
         raise InputError(f"a {task} checkpoint must hold a {expected}, this one holds {model_class!r}", path)
     domain = meta.get("domain") or contract.get("domain")
@@ -166,9 +153,7 @@ def parse_task_metadata(meta: Mapping[str, Any], path: Any = None) -> dict[str, 
         input_size = list(to_tuple(contract["input_size"], sd, "input_size"))
     except ValueError as err:
         raise InputError(f"checkpoint contract has a bad input_size: {err}", path) from err
-    names = [str(c) for c in meta.get("class_names") or []]
-    if task == "anomaly" and not names:
-        names = ["normal", "anomaly"]
+    names = [str(c) for c in meta.get("class_names") or []] or list(t.default_class_names)
     if not names:
         raise InputError("checkpoint lists no 'class_names'", path)
     info = task_metadata(
@@ -180,75 +165,6 @@ def parse_task_metadata(meta: Mapping[str, Any], path: Any = None) -> dict[str, 
         anomaly=meta.get("anomaly"),
     )
     return info
-
-
-# ------------------------------------------------------------------------------------------------
-# sliding windows (MONAI)
-# ------------------------------------------------------------------------------------------------
-def sliding_window(
-    predict_fn: Callable[[torch.Tensor], torch.Tensor],
-    image: torch.Tensor,
-    roi_size: int | Sequence[int],
-    *,
-    overlap: float = 0.25,
-    mode: str = "gaussian",
-    sw_batch_size: int = 4,
-    sigma_scale: float = 0.125,
-    device: torch.device | str | None = None,
-    sw_device: torch.device | str | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Run ``predict_fn`` over overlapping windows of ``image`` and blend the outputs (MONAI).
-
-    Args:
-        predict_fn: ``(n, C, *roi) -> (n, K, *roi)`` (logits, probabilities or a one-channel map).
-        image: ``(B, C, *S)`` with 2 or 3 spatial axes. Images smaller than ``roi_size`` are
-            zero-padded to it (pass a validity channel in ``image`` if the model needs to know).
-        roi_size: window size (int for all axes), e.g. the model's training input size.
-        overlap: fraction of the window shared by neighbours, in ``[0, 1)``.
-        mode: ``"gaussian"`` (centre-weighted blending) or ``"constant"`` (plain average).
-        sw_batch_size: windows per ``predict_fn`` call.
-        sigma_scale: Gaussian sigma as a fraction of the window size.
-        device: where the blended output lives (default: ``image``'s device); keep it on the CPU for
-            large volumes predicted on a GPU.
-        sw_device: where windows are predicted (default: ``image``'s device).
-        progress: show MONAI's progress bar over window batches.
-
-    Returns:
-        ``(B, K, *S)`` float32 blended output.
-    """
-    from monai.inferers import sliding_window_inference
-
-    if image.ndim not in (4, 5):
-        raise ValueError(f"sliding_window needs a (B, C, H, W) or (B, C, D, H, W) batch, got shape {tuple(image.shape)}")
-    nd = image.ndim - 2
-    roi = to_tuple(roi_size, nd, "roi_size")
-    if any(r <= 0 for r in roi):
-        raise ValueError(f"roi_size must be positive, got {roi_size!r}")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    mode = look_up(mode, ("gaussian", "constant"), what="blend mode")
-    if int(sw_batch_size) < 1:
-        raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return predict_fn(x).float()
-
-    out = sliding_window_inference(
-        image,
-        roi,
-        int(sw_batch_size),
-        run,
-        overlap=float(overlap),
-        mode=mode,
-        sigma_scale=float(sigma_scale),
-        padding_mode="constant",
-        cval=0.0,
-        sw_device=sw_device,
-        device=device,
-        progress=progress,
-    )
-    return torch.as_tensor(out).float()
 
 
 # ------------------------------------------------------------------------------------------------

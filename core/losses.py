@@ -1,12 +1,16 @@
-"""MAE objectives, kept outside the model's ``forward``."""
+"""Training objectives kept outside the models' ``forward``: the MAE loss and the segmentation task's masked Dice + CE."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["mae_loss", "normalize_patches", "gaussian_nll", "LOGVAR_RANGE", "NLL_BETA"]
+from unimae.core.errors import InputError
+
+__all__ = ["mae_loss", "normalize_patches", "gaussian_nll", "LOGVAR_RANGE", "NLL_BETA", "MaskedDiceCELoss"]
 
 LOGVAR_RANGE = (-10.0, 6.0)
 """Predicted log-variances are clamped to this range (in the loss and the anomaly map) for stability."""
@@ -73,3 +77,58 @@ def mae_loss(
         result["gradient"] = gradient
         result["loss"] = pixel + gradient_weight * gradient
     return result
+
+
+class MaskedDiceCELoss(nn.Module):
+    """MONAI Dice + cross-entropy over the pixels inside ``valid`` only.
+
+    With every pixel valid (and the same weights) this equals MONAI's ``DiceCELoss(to_onehot_y=True,
+    softmax=True)``; invalid pixels (outside the field of view, nodata, padding) add nothing to either
+    term: their softmax and one-hot target are zeroed for MONAI's :class:`~monai.losses.DiceLoss`, and
+    the cross-entropy is averaged over valid pixels (weighted by ``weight`` like ``F.cross_entropy``).
+
+    Args:
+        num_classes: output channels K.
+        include_background: score class 0 in the Dice term (False for a background class).
+        weight: ``(K,)`` cross-entropy class weights, or None.
+        lambda_dice, lambda_ce: weights of the two terms.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        include_background: bool = True,
+        weight: torch.Tensor | None = None,
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.num_classes = int(num_classes)
+        self.dice = DiceLoss(include_background=include_background, softmax=False, to_onehot_y=False)
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``logits`` ``(B, K, *S)``, ``target`` ``(B, *S)`` class indices, ``valid`` ``(B, *S)`` -> loss parts."""
+        logits = logits.float()
+        target = target.long()
+        k = logits.shape[1]
+        if int(target.min()) < 0 or int(target.max()) >= k:
+            raise InputError(f"mask values must lie in [0, {k - 1}] for {k} classes, found {int(target.min())}..{int(target.max())}")
+        v = torch.ones_like(target, dtype=torch.bool) if valid is None else valid.bool()
+        vf = v[:, None].to(logits.dtype)
+        probs = torch.softmax(logits, 1) * vf
+        onehot = F.one_hot(target, k).movedim(-1, 1).to(logits.dtype) * vf
+        dice = self.dice(probs, onehot)
+        ce_map = F.cross_entropy(logits, target, weight=self.weight, reduction="none", label_smoothing=self.label_smoothing)
+        w = v.to(logits.dtype) if self.weight is None else self.weight[target] * v.to(logits.dtype)
+        ce = (ce_map * v.to(logits.dtype)).sum() / w.sum().clamp(min=1e-8)
+        return {"loss": self.lambda_dice * dice + self.lambda_ce * ce, "dice": dice, "ce": ce}
