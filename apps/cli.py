@@ -40,6 +40,7 @@ from pathlib import Path  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 from unimae.core.errors import InputError  # noqa: E402
+from unimae.core.tasks import TASKS  # noqa: E402
 
 __all__ = ["main", "build_parser", "bundled_configs"]
 
@@ -69,7 +70,7 @@ def _config_roots() -> list[Path]:
     return out
 
 
-FINETUNE_STAGES = ("classify", "segment", "anomaly")
+FINETUNE_STAGES = TASKS  # bundled configs/<domain>/<task>.yaml, one per task
 
 
 def bundled_configs(stage: str = "pretrain") -> dict[str, Path]:

@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unimae.core.errors import InputError
+from unimae.core.tasks import get_task
 from unimae.domains.folders import _from_folder_layout
 from unimae.domains.localdata import DEFAULT_VAL_FRACTION, DROP_SPLITS, LAYOUT_HELP, LocalDataset, _norm_split, _stem
 from unimae.domains.manifests import _DoesNotFit, _from_manifest
@@ -319,13 +320,14 @@ def _apply_group_by(ds: LocalDataset, group_by: str | None, src: Path) -> None:
 
 def _check_task(ds: LocalDataset, task: str | None, src: Path) -> None:
     fallback = next((f"; {n}" for n in ds.notes if "does not fit" in n), "")
-    if task == "classify" and not ds.has_labels:
+    task_def = get_task(task) if task is not None else None
+    if task_def is not None and task_def.image_labels and not ds.has_labels:
         raise InputError(
             f"classification needs labels but this {ds.layout} dataset has none "
             f"(use a folder per class or a CSV with a label column){fallback}",
             src,
         )
-    if task == "segment" and not ds.has_masks:
+    if task_def is not None and task_def.pixel_labels and not ds.has_masks:
         raise InputError(
             f"segmentation needs masks but this {ds.layout} dataset has none "
             f"(use images/ + masks/ folders, masks beside their images, or a CSV with a mask column){fallback}",

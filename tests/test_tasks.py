@@ -188,3 +188,13 @@ def test_inference_is_the_task_method(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pred.score == pytest.approx(score, rel=1e-5)
     monkeypatch.undo()
     assert predictor.predict(samples[0]).score == pytest.approx(score / 2.0, rel=1e-5)
+
+
+def test_the_registry_imports_no_torch() -> None:
+    """The app and ``unimae --help`` read titles, tab order and flags from the registry: it must stay light."""
+    import subprocess
+    import sys
+
+    code = "import sys, unimae.core.tasks as t; t.app_order(); print('HEAVY', [m for m in ('torch', 'monai', 'timm') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in out.stdout, (out.stdout[-500:], out.stderr[-500:])

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError, look_up
+from unimae.core.tasks import get_task
 from unimae.domains.base import Sample, channel_list
 from unimae.domains.ct.augment import resolve_size
 from unimae.domains.ct.preprocess import body_mask, normalization_record, resolve_window, window_to_model
@@ -233,10 +234,10 @@ class SyntheticCT(Dataset):
             "path": None,
             "window": {"center": self.center, "width": self.width, "preset": self.preset},
             "normalization": normalization_record(self.center, self.width, self.preset),
-            "seg_class_names": list(SEG_CLASS_NAMES) if self.task == "segment" else ["normal", "lesion"],
+            "seg_class_names": list(SEG_CLASS_NAMES) if get_task(self.task).pixel_labels else ["normal", "lesion"],
             "synthetic": {"seed": self.seed, "index": i, "task": self.task},
         }
-        if self.task == "segment":
+        if get_task(self.task).pixel_labels:
             return Sample(image=image, meta=meta, mask=torch.from_numpy(organs))
         has = bool(lesions.any())
         return Sample(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError, look_up
+from unimae.core.tasks import TASKS, get_task
 from unimae.domains.base import DomainPlugin, Sample, Transform, channel_list, result_kind
 from unimae.domains.folders import fov_for_image
 from unimae.domains.fundus.examples import write_examples as _write_examples
@@ -290,7 +291,8 @@ class FundusPlugin(DomainPlugin):
 
         if mask_names is None:
             task = sample.meta.get("task")
-            mask_names = SyntheticFundus.anomaly_class_names if task == "anomaly" else self.seg_class_names
+            normal_only = task in TASKS and get_task(task).trains_on_normal  # lesion masks of anomaly data
+            mask_names = SyntheticFundus.anomaly_class_names if normal_only else self.seg_class_names
         return plot_fundus(
             sample, prediction, mask_names=mask_names, class_names=self.class_names, alpha=alpha, title=title
         )

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError, look_up
+from unimae.core.tasks import get_task
 from unimae.domains.base import Sample, channel_list
 from unimae.domains.fundus.augment import as_hw
 from unimae.domains.fundus.preprocess import CHANNEL_NAMES, NOMINAL_WAVELENGTHS, preprocess_fundus
@@ -383,9 +384,10 @@ class SyntheticFundus(Dataset):
         }
         image = torch.from_numpy(np.ascontiguousarray(scene.rgb.transpose(2, 0, 1)))
         sample = preprocess_fundus(Sample(image=image, meta=meta), **self.preprocess_kw)
-        if self.task == "segment":
+        task = get_task(self.task)
+        if task.pixel_labels:
             return sample.replace(mask=torch.from_numpy(scene.vessels.astype(np.int64)))
-        if self.task == "anomaly":
+        if task.trains_on_normal:
             label = torch.tensor(int(scene.lesions.any()), dtype=torch.long)
             return sample.replace(mask=torch.from_numpy(scene.lesions.astype(np.int64)), label=label)
         return sample.replace(label=torch.tensor(scene.grade, dtype=torch.long))
@@ -394,7 +396,7 @@ class SyntheticFundus(Dataset):
         """A matplotlib Figure of ``sample`` (see :func:`~unimae.domains.fundus.plot.plot_fundus`)."""
         from unimae.domains.fundus.plot import plot_fundus
 
-        names = self.anomaly_class_names if self.task == "anomaly" else self.seg_class_names
+        names = self.anomaly_class_names if get_task(self.task).trains_on_normal else self.seg_class_names
         kwargs.setdefault("mask_names", names)
         kwargs.setdefault("class_names", self.class_names)
         return plot_fundus(sample, prediction, **kwargs)

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unimae.core.errors import look_up
+from unimae.core.tasks import get_task
 from unimae.domains.base import Sample
 from unimae.domains.multispectral.bands import BAND_PRESETS, SENSOR_BANDS, get_preset, preset_channels
 from unimae.domains.multispectral.stats import normalization_for
@@ -226,15 +227,16 @@ class SyntheticScenes(Dataset):
         cmap = self._class_map(rng)
         img = self._reflectance(rng, cmap)
         label = mask = None
-        if self.task == "anomaly":
+        task = get_task(self.task)
+        if task.trains_on_normal:  # anomalies drawn in, their mask the target
             mask = self._anomalies(rng, img)
             label = torch.tensor(int(mask.any()), dtype=torch.long)
             mask_t = torch.from_numpy(mask)
             mask_names: tuple[str, ...] = ("normal", "anomaly")
         else:
-            mask_t = torch.from_numpy(cmap) if self.task == "segment" else None
+            mask_t = torch.from_numpy(cmap) if task.pixel_labels else None
             mask_names = LAND_COVER_CLASSES
-            if self.task == "classify":
+            if task.image_labels:
                 label = torch.tensor(int(np.bincount(cmap.ravel(), minlength=5).argmax()), dtype=torch.long)
         model = (img - self._mean) / self._std
         x0 = 200_000.0 + 10.0 * float(rng.integers(0, 50_000))

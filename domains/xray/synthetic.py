@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError, look_up
+from unimae.core.tasks import get_task
 from unimae.domains.base import Sample, channel_list
 from unimae.domains.xray.intensity import normalization_spec, normalize
 
@@ -268,7 +269,7 @@ class SyntheticChestXRay(Dataset):
     @property
     def mask_names(self) -> tuple[str, ...]:
         """Names of the mask values for this task."""
-        return SEG_CLASSES if self.task == "segment" else ("normal", "opacity")
+        return SEG_CLASSES if get_task(self.task).pixel_labels else ("normal", "opacity")
 
     def draw(self, index: int) -> ChestPhantom:
         """The raw phantom (all masks, ``[0, 1]`` image) behind sample ``index``."""
@@ -279,7 +280,7 @@ class SyntheticChestXRay(Dataset):
         found = {name: False for name in FINDINGS}
         if rng.random() < self.lesion_prob:
             draw = rng.random(3) < 0.5
-            if self.task == "anomaly" and not (draw[0] or draw[1]):
+            if get_task(self.task).trains_on_normal and not (draw[0] or draw[1]):
                 draw[int(rng.integers(2))] = True
             elif not draw.any():
                 draw[int(rng.integers(3))] = True
@@ -310,12 +311,13 @@ class SyntheticChestXRay(Dataset):
             "findings": [n for n, v in zip(FINDINGS, case.findings) if v],
             "cardiothoracic_ratio": case.cardiothoracic_ratio,
         }
-        if self.task != "classify":
+        task = get_task(self.task)
+        if not task.image_labels:
             meta["mask_classes"] = list(self.mask_names)
         label = mask = None
-        if self.task == "classify":
+        if task.image_labels:
             label = torch.from_numpy(case.findings.copy())
-        elif self.task == "segment":
+        elif task.pixel_labels:
             mask = torch.from_numpy(case.lungs)
         else:
             mask = torch.from_numpy(case.opacity.astype(np.int64))
