@@ -265,7 +265,7 @@ class FinetuneTrainer(Trainer):
         fits the input size, else by Gaussian-blended windows with ``train.val_overlap``."""
         return {"input_size": list(self.data.input_size), "channels": self.channels, "precision": self.precision,
                 "device": self.device, "direct": None, "overlap": self.config.val_overlap,  # type: ignore[attr-defined]
-                "sw_batch_size": 4}  # fmt: skip
+                "sw_batch_size": 4, **self.task_def.infer_settings(self.task_info)}  # fmt: skip
 
     def _validate_segment(self) -> dict[str, float]:
         k = len(self.class_names)
@@ -294,9 +294,7 @@ class FinetuneTrainer(Trainer):
         view = s
         if self.raw.spatial_dims == 2:
             view = self.data.eval_transform(s, 0)
-        amap = _ANOMALY.infer(
-            self.raw, view.image, view.valid, k=int(a["k"]), sigma=a["sigma"], norm_pix=self.config.norm_pix, **self._run()
-        ).cpu()  # fmt: skip
+        amap = _ANOMALY.infer(self.raw, view.image, view.valid, **self._run()).cpu()
         valid = view.valid.bool()
         score = _ANOMALY.score(amap, valid, float(a["top_fraction"]))
         pixels = None

@@ -152,6 +152,7 @@ class Predictor(SceneStreaming):
         segment_mode: str | None = None,
     ) -> None:
         info = parse_task_metadata(meta, checkpoint)
+        self.meta_info: dict[str, Any] = info  # the task entries, filled in
         self.checkpoint = checkpoint
         self.meta = dict(meta)
         self.task: str = info["task"]
@@ -269,15 +270,11 @@ class Predictor(SceneStreaming):
         """The task's one-sample inference (:meth:`~unimae.core.tasks.base.Task.infer`, the path validation
         takes too) on a model-space sample: once on the whole sample (``direct``), else by windows blended
         on the CPU. Per-pixel outputs are ``(K, *S)`` (segment) or ``(*S)`` (anomaly), float32 on the CPU."""
-        run: dict[str, Any] = {"channels": self._channel_arg(sample), "precision": self.precision, "device": self.device}
+        run: dict[str, Any] = {"channels": self._channel_arg(sample), "precision": self.precision, "device": self.device,
+                               **self.task_def.infer_settings(self.meta_info)}  # fmt: skip
         if self.task_def.per_pixel:
             run.update(input_size=self.input_size, direct=direct, overlap=self.overlap, sw_batch_size=self.sw_batch_size,
                        out_device="cpu", progress=progress)  # fmt: skip
-        if self.task_def.calibrated:  # the settings the anomaly map was calibrated with
-            run.update(k=int(self.anomaly.get("k", 4)), sigma=self.anomaly.get("sigma"),
-                       norm_pix=bool(self.anomaly.get("norm_pix", True)))  # fmt: skip
-        if self.task_def.mixup:
-            run["multi_label"] = self.multi_label
         with torch.inference_mode():
             return self.task_def.infer(self.model, sample.image, sample.valid, **run).float().cpu()
 

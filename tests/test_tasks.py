@@ -80,6 +80,19 @@ def test_task_metadata_comes_from_the_task() -> None:
         parse_task_metadata({"task": "classify", "model_class": "MAESegmenter", "contract": contract, "class_names": ["a"]})
 
 
+def test_infer_settings_come_from_the_checkpoint_record() -> None:
+    contract = make_contract(domain="fundus", spatial_dims=2, channels=[{"name": "R"}], patch_size=16, input_size=SIZE,
+                             normalization=None)  # fmt: skip
+    anomaly = task_metadata(task="anomaly", domain="fundus", class_names=[], contract=contract,
+                            anomaly={"k": 3, "sigma": 2, "norm_pix": False})  # fmt: skip
+    assert get_task("anomaly").infer_settings(anomaly) == {"k": 3, "sigma": 2.0, "norm_pix": False}
+    old = {**anomaly, "anomaly": {"k": 4, "sigma": None}}  # written before norm_pix was recorded
+    assert get_task("anomaly").infer_settings(old)["norm_pix"] is True
+    multi = task_metadata(task="classify", domain="fundus", class_names=["a", "b"], contract=contract, multi_label=True)
+    assert get_task("classify").infer_settings(multi) == {"multi_label": True}
+    assert get_task("segment").infer_settings(multi) == {}
+
+
 def test_model_args_check_the_model_section() -> None:
     assert get_task("classify").model_args({}, num_classes=3, multi_label=True) == {"num_classes": 3, "multi_label": True}
     assert get_task("segment").model_args({"num_classes": 2}, num_classes=2, multi_label=False) == {"num_classes": 2}
@@ -130,8 +143,8 @@ def _pair(task: str) -> tuple[FinetuneTrainer, Predictor, list]:
     contract = make_contract(domain="fundus", spatial_dims=2, channels=data.channels, patch_size=16, input_size=SIZE,
                              normalization=None)  # fmt: skip
     meta = task_metadata(task=task, domain="fundus", class_names=names, contract=contract,
-                         anomaly={**anomaly, "norm_pix": trainer.config.norm_pix} if task == "anomaly" else None)  # fmt: skip
-    meta["anomaly"] = {**meta.get("anomaly", {}), "norm_pix": trainer.config.norm_pix}
+                         anomaly={**anomaly, "norm_pix": trainer.config.norm_pix})  # fmt: skip
+    trainer.task_info = meta  # the checkpoint record both sides read their settings from
     predictor = Predictor(model, {**meta, "model_class": type(model).__name__}, overlap=trainer.config.val_overlap)
     return trainer, predictor, [data.val[i] for i in range(2)]
 

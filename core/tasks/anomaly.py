@@ -92,6 +92,11 @@ class AnomalyTask(Task):
 
         return amap
 
+    def infer_settings(self, info: Mapping[str, Any]) -> dict[str, Any]:
+        a = dict(info.get("anomaly") or {})
+        # norm_pix: the target the MAE was trained with (checkpoints before it was recorded: the default, True)
+        return {"k": int(a.get("k", 4)), "sigma": a.get("sigma"), "norm_pix": bool(a.get("norm_pix", True))}
+
     def infer(
         self,
         model: nn.Module,

@@ -112,6 +112,11 @@ class Task:
         return {"multi_label": False}
 
     # -- inference ---------------------------------------------------------------------------------
+    def infer_settings(self, info: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of :meth:`infer` that a checkpoint's task entries fix (``info``: from
+        :func:`~unimae.core.inference.task_metadata`), read the same way by validation and prediction."""
+        return {}
+
     def infer(self, model: nn.Module, image: torch.Tensor, valid: torch.Tensor, **kw: Any) -> torch.Tensor:
         """The model's output on one model-space sample (``image`` ``(C, *S)``, ``valid`` ``(*S)``)."""
         raise NotImplementedError

@@ -117,6 +117,9 @@ class ClassifyTask(Task):
 
         return torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)
 
+    def infer_settings(self, info: Mapping[str, Any]) -> dict[str, Any]:
+        return {"multi_label": bool(info.get("multi_label", False))}
+
     def infer(
         self, model: nn.Module, image: torch.Tensor, valid: torch.Tensor, *, multi_label: bool = False, **kw: Any
     ) -> torch.Tensor:
