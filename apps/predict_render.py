@@ -19,6 +19,8 @@ import numpy as np
 from unimae.apps.prediction import Prediction, _jsonable
 from unimae.core.errors import InputError
 from unimae.core.fileio import atomic_path
+from unimae.core.tasks import get_task
+from unimae.core.tasks.base import heat_nodata, label_nodata
 from unimae.domains import get_domain
 from unimae.domains.base import DomainPlugin, Sample
 from unimae.domains.display import band_order, grey_volume_slice, picture, stretch, valid_np
@@ -40,20 +42,7 @@ def result_suffix(plugin: DomainPlugin) -> str:
     return plugin.suffix
 
 
-def _label_nodata(src_nodata: float | None, num_classes: int) -> float:
-    """A nodata value for a class map: the source's when it is an integer that is not a class index."""
-    if src_nodata is not None and np.isfinite(src_nodata) and float(src_nodata).is_integer():
-        v = int(src_nodata)
-        if (v < 0 or v >= num_classes) and -(2**31) <= v < 2**31:
-            return float(v)
-    return 255.0 if num_classes < 255 else 65535.0
-
-
-def _heat_nodata(src_nodata: float | None) -> float:
-    """A nodata value for a float heat map (errors are >= 0): the source's when negative or NaN, else NaN."""
-    if src_nodata is not None and (np.isnan(src_nodata) or src_nodata < 0):
-        return float(src_nodata)
-    return float("nan")
+_label_nodata, _heat_nodata = label_nodata, heat_nodata  # the old names (the task layer owns them now)
 
 
 def _int_dtype_for(values: Sequence[float]) -> str:
@@ -199,15 +188,11 @@ def write_prediction(
     def write_map(name: str, array: np.ndarray, kind: str, nodata: float) -> None:
         files[name] = plugin.write(array, meta, out_dir / f"{stem}_{name}{plugin.suffix}", kind=kind, nodata=nodata)
 
-    if pred.label_map is not None:  # segmentation
-        k = len(pred.class_names)
-        write_map("seg", pred.label_map, "labels", _label_nodata(meta.get("nodata"), k))
-        files["overlay"] = _overlay_file(pred, plugin, out_dir / f"{stem}_overlay.png", alpha, labels=pred.label_map)
-    elif pred.heatmap is not None:  # anomaly
-        write_map("heatmap", pred.heatmap.astype(np.float32), "heat", _heat_nodata(meta.get("nodata")))
-        if pred.anomaly_mask is not None:
-            write_map("anomaly_mask", pred.anomaly_mask.astype(np.uint8), "labels", 255.0)
-        files["overlay"] = _overlay_file(pred, plugin, out_dir / f"{stem}_overlay.png", alpha, heat=pred.heatmap)
+    maps, layer = get_task(pred.task).result_maps(pred)
+    for name, array, kind, nodata in maps:
+        write_map(name, array, kind, nodata)
+    if layer is not None:
+        files["overlay"] = _overlay_file(pred, plugin, out_dir / f"{stem}_overlay.png", alpha, **layer)
     files["report"] = _write_json(out_dir / f"{stem}.json", pred.report(files))
     return files
 

@@ -211,3 +211,24 @@ def test_the_registry_imports_no_torch() -> None:
     code = "import sys, unimae.core.tasks as t; t.app_order(); print('HEAVY', [m for m in ('torch', 'monai', 'timm') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in out.stdout, (out.stdout[-500:], out.stderr[-500:])
+
+
+def test_result_maps_name_the_files_each_task_writes() -> None:
+    from unimae.apps.prediction import Prediction
+    from unimae.core.tasks.base import heat_nodata, label_nodata
+
+    labels = np.zeros((4, 5), dtype=np.uint8)
+    seg = Prediction(task="segment", domain="fundus", class_names=["bg", "vessel"], meta={"nodata": 0}, label_map=labels)
+    maps, layer = get_task("segment").result_maps(seg)
+    assert [(n, k, nd) for n, _, k, nd in maps] == [("seg", "labels", 255.0)] and layer["labels"] is labels  # 0 is a class
+    heat = np.ones((4, 5), dtype=np.float64)
+    an = Prediction(task="anomaly", domain="fundus", class_names=["normal", "anomaly"], meta={"nodata": -1.0},
+                    heatmap=heat, anomaly_mask=heat > 0.5)  # fmt: skip
+    maps, layer = get_task("anomaly").result_maps(an)
+    assert [(n, a.dtype, k, nd) for n, a, k, nd in maps] == [
+        ("heatmap", np.float32, "heat", -1.0), ("anomaly_mask", np.uint8, "labels", 255.0)]  # fmt: skip
+    assert layer["heat"] is heat
+    cls = Prediction(task="classify", domain="fundus", class_names=["a", "b"], meta={}, probabilities={"a": 0.4, "b": 0.6})
+    assert get_task("classify").result_maps(cls) == ([], None)
+    assert label_nodata(7, 3) == 7.0 and label_nodata(1, 3) == 255.0 and label_nodata(None, 300) == 65535.0
+    assert math.isnan(heat_nodata(0.0)) and heat_nodata(-9999.0) == -9999.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from unimae.core.tasks.base import Task
+from unimae.core.tasks.base import Task, heat_nodata
 
 if TYPE_CHECKING:
     import torch
@@ -136,6 +136,16 @@ class AnomalyTask(Task):
             "pixel_threshold": calibrate_threshold(normal_pixels, fpr) if normal_pixels.numel() else None,
             "fpr": float(fpr),
         }
+
+    def result_maps(self, pred: Any) -> tuple[list[tuple[str, Any, str, float]], dict[str, Any] | None]:
+        if pred.heatmap is None:
+            return [], None
+        import numpy as np
+
+        maps = [("heatmap", pred.heatmap.astype(np.float32), "heat", heat_nodata(pred.meta.get("nodata")))]
+        if pred.anomaly_mask is not None:
+            maps.append(("anomaly_mask", pred.anomaly_mask.astype(np.uint8), "labels", 255.0))
+        return maps, {"heat": pred.heatmap}
 
     def csv_row(self, pred: Any) -> dict[str, Any]:
         return {"score": pred.score, "is_anomalous": pred.is_anomalous, "anomalous_fraction": pred.anomalous_fraction}

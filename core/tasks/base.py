@@ -14,6 +14,7 @@ the registry (names, titles, tab order, monitors, flags) then costs nothing to i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,7 +22,23 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["Task"]
+__all__ = ["Task", "label_nodata", "heat_nodata"]
+
+
+def label_nodata(src_nodata: float | None, num_classes: int) -> float:
+    """A nodata value for a class map: the source's when it is an integer that is not a class index."""
+    if src_nodata is not None and math.isfinite(src_nodata) and float(src_nodata).is_integer():
+        v = int(src_nodata)
+        if (v < 0 or v >= num_classes) and -(2**31) <= v < 2**31:
+            return float(v)
+    return 255.0 if num_classes < 255 else 65535.0
+
+
+def heat_nodata(src_nodata: float | None) -> float:
+    """A nodata value for a float heat map (errors are >= 0): the source's when negative or NaN, else NaN."""
+    if src_nodata is not None and (math.isnan(src_nodata) or src_nodata < 0):
+        return float(src_nodata)
+    return float("nan")
 
 
 class Task:
@@ -121,7 +138,13 @@ class Task:
         """The model's output on one model-space sample (``image`` ``(C, *S)``, ``valid`` ``(*S)``)."""
         raise NotImplementedError
 
-    # -- what it reports ---------------------------------------------------------------------------
+    # -- what it reports and writes ----------------------------------------------------------------
+    def result_maps(self, pred: Any) -> tuple[list[tuple[str, Any, str, float]], dict[str, Any] | None]:
+        """The maps a prediction writes through its domain's writer, ``[(name, array, kind, nodata)]`` (``kind``:
+        ``"labels"`` or ``"heat"``; files ``STEM_<name><suffix>``), and the overlay PNG's layer (``{"labels": map}``
+        or ``{"heat": map}``; None: no overlay)."""
+        return [], None
+
     def csv_row(self, pred: Any) -> dict[str, Any]:
         """The task's columns of a prediction's row in ``unimae predict``'s CSV summary."""
         return {}

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from unimae.core.errors import InputError
-from unimae.core.tasks.base import Task
+from unimae.core.tasks.base import Task, label_nodata
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +97,12 @@ class SegmentTask(Task):
 
         fn = self.window_fn(model, channels=channels, precision=precision, device=device)
         return run_windows(fn, image, valid, input_size=input_size, device=device, **windows)
+
+    def result_maps(self, pred: Any) -> tuple[list[tuple[str, Any, str, float]], dict[str, Any] | None]:
+        if pred.label_map is None:
+            return [], None
+        nodata = label_nodata(pred.meta.get("nodata"), len(pred.class_names))
+        return [("seg", pred.label_map, "labels", nodata)], {"labels": pred.label_map}
 
     def csv_row(self, pred: Any) -> dict[str, Any]:
         return {f"fraction_{n}": round(v, 6) for n, v in (pred.class_fractions or {}).items()}
