@@ -1,7 +1,7 @@
 """Run configuration: a flat YAML file plus ``key=value`` overrides from the command line.
 
 A config has three sections and four top-level keys; every key maps 1:1 onto a constructor argument
-(DESIGN §8.2), so a config is never passed whole into a module:
+(docs/ARCHITECTURE.md), so a config is never passed whole into a module:
 
 .. code-block:: yaml
 
