@@ -226,9 +226,10 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
         val_source = str(src)
         if _is_source(val_src):
             _say_notes(val, "validation data")
-        else:  # the same source: only what differs (how validation was made)
+        else:  # the same source: only what differs (how validation was made), unless the training notes said it
+            said = set(getattr(samples, "notes", ()))
             for note in val.notes:
-                if note.startswith("validation"):
+                if note.startswith("validation") and note not in said:
                     _say(note)
         check_sizes(val)
         if task_def.image_labels and local:

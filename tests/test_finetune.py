@@ -655,3 +655,16 @@ def test_finetune_evaluate_predict_end_to_end(tmp_path: Path, capsys: pytest.Cap
     assert written, list(pred.rglob("*"))
     label_png = next(p for p in pred.rglob("*.png") if "overlay" not in p.name)
     assert Image.open(label_png).size == (72, 80)
+
+
+def test_the_carved_out_validation_is_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A source without split information: the validation it carves out is said once, not once per dataset."""
+    data = tmp_path / "cxr"
+    write_pngs(data / "normal", 8, 80, 0)
+    write_pngs(data / "pneumonia", 8, 170, 1)
+    code, text, err = run_cli(["finetune", "--config", config("xray", "classify"), *QUIET, *ENCODER,
+                               "data.input_size=32", f"data.train={data}", "data.val_fraction=0.25",
+                               "train.epochs=null", "train.max_steps=1", "train.batch_size=2",
+                               f"out_dir={tmp_path / 'run'}"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert (text + err).count("carved out") == 1, text + err
