@@ -88,6 +88,7 @@ from typing import Any
 
 import torch
 
+from unimae.apps import finetune_config
 from unimae.apps.finetune_config import (
     ANOMALY_DEFAULTS,
     ANOMALY_KEYS,
@@ -130,24 +131,11 @@ from unimae.core.tasks import get_task
 from unimae.domains import domain_names, get_domain
 
 __all__ = [
-    "TASKS",
-    "MODES",
-    "TOP_LEVEL_KEYS",
-    "SECTIONS",
-    "ANOMALY_KEYS",
-    "ANOMALY_DEFAULTS",
-    "MODEL_CLASSES",
-    "MONITORS",
-    "SYNTHETIC_VAL_OFFSET",
-    "FinetuneConfig",
+    *finetune_config.__all__,
     "FinetuneData",
     "FinetuneTrainer",
     "MaskedDiceCELoss",
     "InitSource",
-    "load_finetune_config",
-    "dump_finetune_config",
-    "finetune_model_keys",
-    "finetune_data_keys",
     "build_finetune_data",
     "build_task_model",
     "init_architecture",

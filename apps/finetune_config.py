@@ -18,7 +18,7 @@ from unimae.core import distributed as du
 from unimae.core.checkpoint import read_checkpoint_meta
 from unimae.core.config import SECTIONS as BASE_SECTIONS
 from unimae.core.config import TOP_LEVEL_KEYS as BASE_TOP_LEVEL
-from unimae.core.config import parse_value
+from unimae.core.config import apply_overrides, dump_yaml, load_yaml
 from unimae.core.engine import TrainConfig
 from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path
@@ -178,11 +178,8 @@ def _number(name: str, value: Any, low: float, high: float | None = None, *, low
 # ------------------------------------------------------------------------------------------------
 # the config file: pretraining's grammar plus task / init / anomaly
 # ------------------------------------------------------------------------------------------------
-def _check_top(key: str, where: str) -> str:
-    try:
-        return look_up(key, (*TOP_LEVEL_KEYS, *SECTIONS), what="top-level key")
-    except InputError as err:
-        raise InputError(f"{err} ({where})") from None
+#: fine-tuning's keys in :mod:`unimae.core.config`'s grammar functions
+_GRAMMAR: dict[str, Any] = {"top_level": TOP_LEVEL_KEYS, "sections": SECTIONS}
 
 
 def load_finetune_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -191,76 +188,19 @@ def load_finetune_config(path: str | Path, overrides: Sequence[str] = ()) -> dic
     The grammar is :mod:`unimae.core.config`'s, with the top-level keys ``task``, ``init`` and
     ``init_allow_pickle`` and the section ``anomaly`` added.
     """
-    import yaml
-
-    from unimae.core.config import _Loader  # the project's YAML loader (1e-4 reads as a number)
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("config file not found", p)
-    try:
-        raw = yaml.load(p.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read config ({err})", p) from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"invalid YAML{line}: {getattr(err, 'problem', err)}", p) from err
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise InputError(f"a config must be a mapping of keys, got {type(raw).__name__}", p)
-    cfg: dict[str, Any] = {s: {} for s in SECTIONS}
-    for key, value in raw.items():
-        key = _check_top(str(key), f"in {p.name}")
-        if key in SECTIONS:
-            value = {} if value is None else value
-            if not isinstance(value, dict):
-                raise InputError(f"section {key!r} must be a mapping, got {type(value).__name__}", p)
-            cfg[key] = {str(k): v for k, v in value.items()}
-        else:
-            cfg[key] = value
-    for text in overrides:
-        if "=" not in text:
-            raise InputError(f"override {text!r} is not key=value (e.g. train.max_steps=20 or init=none)")
-        key, _, value = text.partition("=")
-        parts = tuple(key.strip().split("."))
-        where = f"in override {text!r}"
-        if not key.strip() or any(not part for part in parts):
-            raise InputError(f"override {text!r} has an empty key")
-        if len(parts) == 1:
-            if parts[0] in SECTIONS:
-                raise InputError(f"{parts[0]!r} is a section; set one of its keys, e.g. {parts[0]}.<key>=value ({where})")
-            cfg[_check_top(parts[0], where)] = parse_value(value.strip())
-        elif len(parts) == 2:
-            if parts[0] not in SECTIONS:
-                try:
-                    look_up(parts[0], SECTIONS, what="section")
-                except InputError as err:
-                    raise InputError(f"{err} ({where})") from None
-            cfg[parts[0]][parts[1]] = parse_value(value.strip())
-        else:
-            raise InputError(f"override key {key.strip()!r} is nested too deeply; use section.key=value ({where})")
-    return cfg
+    cfg = load_yaml(path, **_GRAMMAR)
+    return apply_overrides(cfg, overrides, **_GRAMMAR, example="train.max_steps=20 or init=none")
 
 
 def dump_finetune_config(cfg: Mapping[str, Any]) -> str:
     """The resolved config as YAML: top-level keys first, then the sections in order."""
-    import yaml
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, Mapping):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return str(v) if isinstance(v, Path) else v
-
     ordered: dict[str, Any] = {k: cfg[k] for k in TOP_LEVEL_KEYS if k in cfg}
     task = cfg.get("task")
     calibrated = task in TASKS and get_task(task).calibrated  # the anomaly section holds its settings
     for section in SECTIONS:  # the shared sections always; the anomaly section when given or the task's own
         if section in BASE_SECTIONS or cfg.get(section) or calibrated:
             ordered[section] = dict(cfg.get(section) or {})
-    return yaml.safe_dump(plain(ordered), sort_keys=False, default_flow_style=None)
+    return dump_yaml(ordered)
 
 
 def _named_params(fn: Callable) -> list[str]:

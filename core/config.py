@@ -23,6 +23,10 @@ Overrides use dotted keys and YAML scalars: ``train.max_steps=20``, ``model.pres
 The stable, documented override keys are listed in :data:`STABLE_KEYS`. Which keys a section accepts is
 decided by the code that consumes it (:func:`check_keys` takes the known names); an unknown key is an
 :class:`~unimae.core.errors.InputError` naming the known keys of that section and the closest match.
+
+The grammar functions (:func:`load_yaml`, :func:`parse_override`, :func:`apply_overrides`) take the
+top-level keys and sections as keywords, so fine-tuning's config (``unimae.apps.finetune_config``: ``task``,
+``init``, an ``anomaly`` section) is read by the same code.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "check_keys",
     "load_config",
     "dump_config",
+    "dump_yaml",
 ]
 
 SECTIONS = ("model", "data", "train")
@@ -86,8 +91,11 @@ def _safe_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config file into ``{top-level keys..., model: {}, data: {}, train: {}}``.
+def load_yaml(
+    path: str | Path, *, top_level: Sequence[str] = TOP_LEVEL_KEYS, sections: Sequence[str] = SECTIONS
+) -> dict[str, Any]:
+    """Read a config file into ``{top-level keys..., model: {}, data: {}, train: {}}`` (one entry per section
+    of ``sections``; ``top_level`` and ``sections`` are the keys a config may hold at its top).
 
     Raises:
         InputError: a missing or unreadable file, invalid YAML, a non-mapping document or section,
@@ -108,24 +116,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise InputError(f"a config must be a mapping of keys, got {type(raw).__name__}", p)
-    cfg: dict[str, Any] = {s: {} for s in SECTIONS}
+    cfg: dict[str, Any] = {s: {} for s in sections}
     for key, value in raw.items():
         key = str(key)
-        if key in SECTIONS:
+        if key in sections:
             if value is None:
                 value = {}
             if not isinstance(value, dict):
                 raise InputError(f"section {key!r} must be a mapping, got {type(value).__name__}", p)
             cfg[key] = {str(k): v for k, v in value.items()}
         else:
-            _top_level(key, f"in {p.name}")
+            _top_level(key, f"in {p.name}", (*top_level, *sections))
             cfg[key] = value
     return cfg
 
 
-def _top_level(key: str, where: str) -> str:
+def _top_level(key: str, where: str, known: Sequence[str]) -> str:
     try:
-        return look_up(key, (*TOP_LEVEL_KEYS, *SECTIONS), what="top-level key")
+        return look_up(key, known, what="top-level key")
     except InputError as err:
         raise InputError(f"{err} ({where})") from None
 
@@ -145,10 +153,19 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """``"train.max_steps=20"`` -> ``(("train", "max_steps"), 20)``; ``"resume=true"`` -> ``(("resume",), True)``."""
+def parse_override(
+    text: str,
+    *,
+    top_level: Sequence[str] = TOP_LEVEL_KEYS,
+    sections: Sequence[str] = SECTIONS,
+    example: str = "train.max_steps=20",
+) -> tuple[tuple[str, ...], Any]:
+    """``"train.max_steps=20"`` -> ``(("train", "max_steps"), 20)``; ``"resume=true"`` -> ``(("resume",), True)``.
+
+    ``top_level`` and ``sections`` are the keys a config holds (see :func:`load_yaml`); ``example`` is the
+    override shown when ``text`` is not ``key=value``."""
     if "=" not in text:
-        raise InputError(f"override {text!r} is not key=value (e.g. train.max_steps=20)")
+        raise InputError(f"override {text!r} is not key=value (e.g. {example})")
     key, _, value = text.partition("=")
     key = key.strip()
     parts = tuple(key.split("."))
@@ -156,13 +173,13 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
         raise InputError(f"override {text!r} has an empty key")
     where = f"in override {text!r}"
     if len(parts) == 1:
-        if parts[0] in SECTIONS:
+        if parts[0] in sections:
             raise InputError(f"{parts[0]!r} is a section; set one of its keys, e.g. {parts[0]}.<key>=value ({where})")
-        _top_level(parts[0], where)
+        _top_level(parts[0], where, (*top_level, *sections))
     elif len(parts) == 2:
-        if parts[0] not in SECTIONS:
+        if parts[0] not in sections:
             try:
-                look_up(parts[0], SECTIONS, what="section")
+                look_up(parts[0], sections, what="section")
             except InputError as err:
                 raise InputError(f"{err} ({where})") from None
     else:
@@ -170,13 +187,14 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     return parts, parse_value(value.strip())
 
 
-def apply_overrides(cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``cfg`` with ``key=value`` overrides applied in order (later ones win)."""
+def apply_overrides(cfg: Mapping[str, Any], overrides: Sequence[str], **grammar: Any) -> dict[str, Any]:
+    """A copy of ``cfg`` with ``key=value`` overrides applied in order (later ones win); ``grammar``: the
+    keywords of :func:`parse_override` (``top_level``, ``sections``, ``example``)."""
     out = copy.deepcopy(dict(cfg))
-    for section in SECTIONS:
+    for section in grammar.get("sections", SECTIONS):
         out.setdefault(section, {})
     for text in overrides:
-        parts, value = parse_override(text)
+        parts, value = parse_override(text, **grammar)
         if len(parts) == 1:
             out[parts[0]] = value
         else:
@@ -201,6 +219,11 @@ def dump_config(cfg: Mapping[str, Any]) -> str:
     ordered: dict[str, Any] = {k: cfg[k] for k in TOP_LEVEL_KEYS if k in cfg}
     for section in SECTIONS:
         ordered[section] = dict(cfg.get(section) or {})
+    return dump_yaml(ordered)
+
+
+def dump_yaml(ordered: Mapping[str, Any]) -> str:
+    """``ordered`` (keys in the order to write them) as YAML, paths as strings."""
     return yaml.safe_dump(_plain(ordered), sort_keys=False, default_flow_style=None)
 
 

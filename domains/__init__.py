@@ -6,6 +6,7 @@ group or an explicit :func:`register_domain` call. An unknown name raises an err
 
 from __future__ import annotations
 
+from unimae.domains import registry
 from unimae.domains.base import DomainPlugin, Sample
 from unimae.domains.registry import (
     ENTRY_POINT_GROUP,
@@ -19,15 +20,5 @@ from unimae.domains.registry import (
 
 register = register_domain  # the earlier name
 
-__all__ = [
-    "DomainPlugin",
-    "Sample",
-    "ENTRY_POINT_GROUP",
-    "register",
-    "register_domain",
-    "unregister_domain",
-    "get_domain",
-    "domain_names",
-    "guess_domain",
-    "guess_domain_name",
-]
+# the registry's functions, under their names there (its BUILTIN table stays an implementation detail)
+__all__ = ["DomainPlugin", "Sample", "register", *(name for name in registry.__all__ if name != "BUILTIN")]

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError, look_up
+from unimae.domains import sample as _sample
 from unimae.domains.display import grey_volume_slice, picture
 from unimae.domains.layouts import local_dataset
 from unimae.domains.sample import (
@@ -41,20 +42,8 @@ from unimae.domains.sample import (
     to_item,
 )
 
-__all__ = [
-    "Sample",
-    "DomainPlugin",
-    "TrainingView",
-    "Transform",
-    "RESULT_KINDS",
-    "result_kind",
-    "to_item",
-    "max_pixels",
-    "check_pixel_limit",
-    "channel_list",
-    "kwargs_for",
-    "DEFAULT_MAX_PIXELS",
-]
+# the data contract's names (domains.sample) are re-exported: plugins import them from here
+__all__ = ["DomainPlugin", "TrainingView", "RESULT_KINDS", "result_kind", *_sample.__all__]
 
 #: what :meth:`DomainPlugin.write` and :meth:`DomainPlugin.to_source_grid` are told a result is
 RESULT_KINDS = ("auto", "labels", "heat")

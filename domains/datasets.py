@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from unimae.domains import layouts as _layouts
+from unimae.domains import localdata
 from unimae.domains.base import DomainPlugin
 from unimae.domains.describe import describe, format_description
 from unimae.domains.folders import check_sizes, fov_for_image, image_folder_of, mask_files_among
@@ -46,13 +47,7 @@ __all__ = [
     "mask_files_among",
     "fov_for_image",
     "image_folder_of",
-    "cache_budget_bytes",
-    "SPLITS",
-    "LAYOUTS",
-    "LAYOUT_HELP",
-    "COLUMNS",
-    "NORMAL_NAMES",
-    "DEFAULT_VAL_FRACTION",
+    *(name for name in localdata.__all__ if name != "LocalDataset"),
 ]
 
 
