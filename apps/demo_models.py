@@ -237,11 +237,8 @@ class DemoBundle:
 def load_demo(root: str | Path) -> DemoBundle | None:
     """The built models in ``root`` if the build is complete (manifest present, every file there), else None."""
     root = Path(root)
-    try:
-        manifest = json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != DEMO_FORMAT:
+    manifest = _read_manifest(root)
+    if manifest is None:
         return None
     models = {k: root / v for k, v in (manifest.get("models") or {}).items()}
     examples = {d: [root / p for p in ps] for d, ps in (manifest.get("examples") or {}).items()}
@@ -252,12 +249,20 @@ def load_demo(root: str | Path) -> DemoBundle | None:
     return DemoBundle(root, models, examples, manifest)
 
 
-def _load_examples(root: Path) -> dict[str, list[Path]] | None:
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    """``root/manifest.json`` when it is a readable demo manifest of this format, else None."""
     try:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != DEMO_FORMAT:
+        return None
+    return manifest
+
+
+def _load_examples(root: Path) -> dict[str, list[Path]] | None:
+    manifest = _read_manifest(root)
+    if manifest is None:
         return None
     examples = {d: [root / p for p in ps] for d, ps in (manifest.get("examples") or {}).items()}
     if not examples or any(not p.is_file() for ps in examples.values() for p in ps):

@@ -3,8 +3,6 @@ bars) and the per-case CSV, each written atomically.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from unimae.core import metrics as M
-from unimae.core.fileio import atomic_path
+from unimae.core.fileio import atomic_path, save_png, write_csv_rows
 
 __all__ = ["plot_confusion", "plot_multilabel_confusion", "plot_roc", "plot_dice", "write_csv", "write_json"]
 
@@ -28,12 +26,6 @@ def _figure(size: tuple[float, float]):
     fig = Figure(figsize=size, dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
 
 
 def plot_confusion(cm: np.ndarray, names: Sequence[str], path: Path, title: str) -> Path:
@@ -54,7 +46,7 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: Path, title: str)
         for i in range(k):
             for j in range(k):
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color="white" if frac[i, j] > 0.5 else "black")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_multilabel_confusion(confusion: dict[str, dict[str, int]], path: Path, threshold: float) -> Path:
@@ -76,7 +68,7 @@ def plot_multilabel_confusion(confusion: dict[str, dict[str, int]], path: Path, 
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
     fig.suptitle(f"per-finding confusion at threshold {threshold:g}")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_roc(curves: list[tuple[str, np.ndarray, np.ndarray, float]], path: Path, title: str) -> Path:
@@ -95,7 +87,7 @@ def plot_roc(curves: list[tuple[str, np.ndarray, np.ndarray, float]], path: Path
     ax.set_ylabel("true-positive rate")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_dice(metrics: dict[str, Any], path: Path) -> Path:
@@ -118,7 +110,7 @@ def plot_dice(metrics: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("Dice (mean over cases, inside valid)")
     ax.set_title(f"Dice per class ({metrics['num_cases']} cases{'; background in grey' if bg else ''})")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,14 +120,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns or ["id"])
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue())
-    return path
+    return write_csv_rows(path, rows, columns or ["id"])
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

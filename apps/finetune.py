@@ -89,7 +89,7 @@ from typing import Any
 import torch
 
 from unimae.apps import finetune_config
-from unimae.apps.finetune_config import (
+from unimae.apps.finetune_config import (  # all of finetune_config.__all__ is re-exported from here
     ANOMALY_DEFAULTS,
     ANOMALY_KEYS,
     MODEL_CLASSES,
@@ -122,7 +122,7 @@ from unimae.apps.finetune_model import (
 )
 from unimae.apps.finetune_trainer import FinetuneTrainer, _mixup_draw, save_learning_curve
 from unimae.core import distributed as du
-from unimae.core.config import check_keys
+from unimae.core.config import check_keys, run_settings
 from unimae.core.engine import seed_everything
 from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path
@@ -185,16 +185,7 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
         _say(f"train.max_steps={train_cfg['max_steps']} given: train.epochs={train_cfg['epochs']} is not used")
         train_cfg["epochs"] = None
     tcfg = FinetuneConfig.from_dict(train_cfg)
-    seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    if not cfg.get("out_dir"):
-        raise InputError("the config names no out_dir (set out_dir=runs/NAME)")
-    resume = cfg.get("resume", False)
-    if isinstance(resume, str):
-        resume = {"true": True, "false": False, "": False}.get(resume.strip().lower(), resume)
-    if not isinstance(resume, (bool, str)) and resume is not None:
-        raise InputError(f"resume must be true, false or a checkpoint path, got {resume!r}")
+    seed, resume = run_settings(cfg)
     allow_pickle = _bool("init_allow_pickle", cfg.get("init_allow_pickle", False))
 
     du.init_distributed(tcfg.device)

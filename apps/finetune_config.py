@@ -5,7 +5,6 @@ See :mod:`unimae.apps.finetune` for the config's shape and what each task trains
 """
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from unimae.apps.pretrain import named_params as _named_by
+from unimae.apps.pretrain import data_keys
 from unimae.core import distributed as du
 from unimae.core.checkpoint import read_checkpoint_meta
 from unimae.core.config import SECTIONS as BASE_SECTIONS
@@ -25,7 +26,6 @@ from unimae.core.fileio import atomic_path
 from unimae.core.model_config import model_keys
 from unimae.core.tasks import ANOMALY_SETTINGS, TASKS, all_tasks, get_task
 from unimae.domains.base import DomainPlugin
-from unimae.domains.datasets import local_dataset
 
 __all__ = [
     "TASKS",
@@ -204,11 +204,7 @@ def dump_finetune_config(cfg: Mapping[str, Any]) -> str:
 
 
 def _named_params(fn: Callable) -> list[str]:
-    return [
-        n
-        for n, p in inspect.signature(fn).parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in _PROTOCOL_ARGS
-    ]
+    return _named_by(fn, _PROTOCOL_ARGS)
 
 
 def finetune_model_keys(task: str) -> list[str]:
@@ -218,10 +214,7 @@ def finetune_model_keys(task: str) -> list[str]:
 
 def finetune_data_keys(plugin: DomainPlugin) -> list[str]:
     """The data keys handled here plus the keywords of the plugin's readers, transforms and generator."""
-    keys = dict.fromkeys(_DATA_KEYS)
-    for fn in (plugin.augment, plugin.synthetic, plugin.read, plugin.preprocess, local_dataset):
-        keys.update(dict.fromkeys(_named_params(fn)))
-    return list(keys)
+    return data_keys(plugin, handled=_DATA_KEYS, protocol=_PROTOCOL_ARGS)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from unimae.core import metrics as M
 from unimae.core.checkpoint import load_tensors, save_checkpoint
 from unimae.core.engine import Trainer, read_metrics
 from unimae.core.errors import InputError, look_up
-from unimae.core.fileio import atomic_path
+from unimae.core.fileio import atomic_path, save_png
 from unimae.core.optim import param_groups_layer_decay, param_groups_weight_decay
 from unimae.core.precision import autocast
 from unimae.core.tasks import AnomalyTask, ClassifyTask, SegmentTask, get_task, mixup_draw
@@ -391,7 +391,4 @@ def save_learning_curve(metrics_csv: str | Path, path: str | Path, *, monitor: s
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_png(fig, path)

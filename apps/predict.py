@@ -26,8 +26,6 @@ never contain patient fields.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +39,7 @@ from unimae.apps.predict_stream import file_stem as _stem
 from unimae.apps.prediction import Prediction, safe_meta
 from unimae.apps.predictor import SEGMENT_MODES, Predictor, clear_predictor_cache, load_predictor, resolve_device
 from unimae.core.errors import InputError
-from unimae.core.fileio import atomic_path
+from unimae.core.fileio import write_csv_rows
 from unimae.core.inference import make_contract, task_metadata
 from unimae.core.tasks import get_task
 from unimae.domains.base import DomainPlugin, Sample
@@ -234,14 +232,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
             if key not in columns and key != "error":
                 columns.append(key)
     columns.append("error")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue())
-    return path
+    return write_csv_rows(path, rows, columns)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from unimae.core.checkpoint_io import to_jsonable
 from unimae.core.tasks import get_task
 from unimae.domains.base import Sample
 from unimae.domains.display import valid_np as _valid_np
@@ -124,21 +124,8 @@ def _mask_fraction(mask: np.ndarray | None, meta: Mapping[str, Any]) -> float | 
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None if np.isnan(value) else str(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    """``value`` as strict JSON (see :func:`~unimae.core.checkpoint_io.to_jsonable`): NaN -> None, inf -> "inf"."""
+    return to_jsonable(value, finite=True)
 
 
 def safe_meta(meta: Mapping[str, Any]) -> dict[str, Any]:

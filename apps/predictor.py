@@ -286,6 +286,14 @@ class Predictor(SceneStreaming):
     def _eval_view(self, sample: Sample) -> Sample:
         return self.plugin.augment(train=False, input_size=self.input_size)(sample, 0)
 
+    def _infer_map(self, sample: Sample, on_view: bool, progress: bool) -> tuple[torch.Tensor, Mapping[str, Any]]:
+        """A per-pixel task's output and the ``meta`` of the grid it is on: in one pass on the evaluation view
+        (``on_view``), else by windows over the whole preprocessed sample."""
+        if on_view:
+            view = self._eval_view(sample)
+            return self._infer(view, direct=True), view.meta
+        return self._infer(sample, direct=False, progress=progress), sample.meta
+
     # -- the public API -----------------------------------------------------------------------------
     def predict(
         self,
@@ -342,13 +350,7 @@ class Predictor(SceneStreaming):
         self, src: Sample, sample: Sample, threshold: float | None = None, image_threshold: float | None = None,
         progress: bool = False,
     ) -> Prediction:  # fmt: skip
-        if self.segment_mode == "resize" and self.spatial_dims == 2:
-            view = self._eval_view(sample)
-            probs = self._infer(view, direct=True)
-            model_meta = view.meta
-        else:
-            probs = self._infer(sample, direct=False, progress=progress)
-            model_meta = sample.meta
+        probs, model_meta = self._infer_map(sample, self.segment_mode == "resize" and self.spatial_dims == 2, progress)
         labels = probs.argmax(0).numpy().astype(np.int64)
         labels = np.where(valid_np(model_meta, labels.shape), labels, 0)
         out = np.asarray(self.plugin.to_source_grid(labels, model_meta, kind="labels")).astype(np.int64)
@@ -360,13 +362,7 @@ class Predictor(SceneStreaming):
         self, src: Sample, sample: Sample, threshold: float | None, image_threshold: float | None, progress: bool
     ) -> Prediction:
         top = float(self.anomaly.get("top_fraction", 0.01))
-        if self.spatial_dims == 2:  # the evaluation view, as validation scored it
-            view = self._eval_view(sample)
-            amap = self._infer(view, direct=True)
-            model_meta = view.meta
-        else:
-            amap = self._infer(sample, direct=False, progress=progress)
-            model_meta = sample.meta
+        amap, model_meta = self._infer_map(sample, self.spatial_dims == 2, progress)  # 2D: as validation scored it
         valid_model = torch.from_numpy(valid_np(model_meta, tuple(amap.shape)))
         amap = amap * valid_model
         score = top_mean(amap.numpy(), valid_model.numpy(), top)

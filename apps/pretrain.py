@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
-from unimae.core.config import check_keys
+from unimae.core.config import check_keys, run_settings
 from unimae.core.engine import TrainConfig, Trainer, seed_everything
 from unimae.core.errors import InputError
 from unimae.core.mae import MaskedAutoencoder
@@ -49,19 +49,23 @@ def model_keys() -> list[str]:
     return model_arg_keys(MaskedAutoencoder)
 
 
-def _named_params(fn: Callable) -> list[str]:
+def named_params(fn: Callable, protocol: Collection[str] = _PROTOCOL_ARGS) -> list[str]:
+    """The names ``fn`` takes by keyword, but for those in ``protocol`` (filled in by the caller, not a config)."""
     return [
         n
         for n, p in inspect.signature(fn).parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in _PROTOCOL_ARGS
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in protocol
     ]
 
 
-def data_keys(plugin: Any) -> list[str]:
-    """:data:`DATA_KEYS` plus the keyword arguments of the plugin's readers, transforms and generator."""
-    keys = dict.fromkeys(DATA_KEYS)
+def data_keys(
+    plugin: Any, *, handled: Sequence[str] = DATA_KEYS, protocol: Collection[str] = _PROTOCOL_ARGS
+) -> list[str]:
+    """``handled`` (default :data:`DATA_KEYS`) plus the keyword arguments of the plugin's readers, transforms
+    and generator and of the dataset reader, but for the arguments the protocol fills in (``protocol``)."""
+    keys = dict.fromkeys(handled)
     for fn in (plugin.augment, plugin.synthetic, plugin.read, plugin.preprocess, local_dataset):
-        keys.update(dict.fromkeys(_named_params(fn)))
+        keys.update(dict.fromkeys(named_params(fn, protocol)))
     return list(keys)
 
 
@@ -153,16 +157,7 @@ def pretrain(
     check_keys("model", model_cfg, model_keys())
     check_keys("data", data_cfg, data_keys(plugin))
     tcfg = TrainConfig.from_dict(cfg.get("train"))
-    seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    if not cfg.get("out_dir"):
-        raise InputError("the config names no out_dir (set out_dir=runs/NAME)")
-    resume = cfg.get("resume", False)
-    if not isinstance(resume, (bool, str)) and resume is not None:
-        raise InputError(f"resume must be true, false or a checkpoint path, got {resume!r}")
-    if isinstance(resume, str):
-        resume = {"true": True, "false": False, "": False}.get(resume.strip().lower(), resume)
+    seed, resume = run_settings(cfg)
 
     du.init_distributed(tcfg.device)
     try:
@@ -186,7 +181,7 @@ def pretrain(
             "patch_size": list(model.patch_size),
             "input_size": list(item["image"].shape[1:]),
             "normalization": meta.get("normalization", getattr(plugin, "normalization", None)),
-            "preprocess": {k: v for k, v in data_cfg.items() if k in _named_params(plugin.preprocess)},
+            "preprocess": {k: v for k, v in data_cfg.items() if k in named_params(plugin.preprocess)},
             "mask_ratio": model.mask_ratio,
             "masking": model.masking,
             "norm_pix": tcfg.norm_pix,

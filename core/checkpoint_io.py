@@ -29,9 +29,12 @@ reader that finds the JSON finds matching tensors.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -53,6 +56,7 @@ __all__ = [
     "checkpoint_schema",
     "model_arguments",
     "encoder_config",
+    "to_jsonable",
 ]
 
 FORMAT = "unimae-checkpoint"
@@ -69,15 +73,20 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+def to_jsonable(value: Any, *, finite: bool = False) -> Any:
+    """``value`` with JSON types only: mappings with string keys, lists (tuples, tensors, numpy arrays),
+    Python scalars (numpy scalars), strings (paths). ``finite``: a NaN scalar becomes None and an infinite
+    one the string ``"inf"`` / ``"-inf"`` (strict JSON); otherwise they are kept."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v, finite=finite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
+        return [to_jsonable(v, finite=finite) for v in value]
+    if isinstance(value, (torch.Tensor, np.ndarray)):
         return value.tolist()
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return value.tolist()
+    if hasattr(value, "tolist"):  # numpy scalars
+        value = value.tolist()
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
     if isinstance(value, Path):
         return str(value)
     return value
@@ -89,7 +98,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(tensor_path) as tmp:
         save_file(clean, str(tmp))
-    text = json.dumps(_jsonable(meta), indent=2, sort_keys=False)
+    text = json.dumps(to_jsonable(meta), indent=2, sort_keys=False)
     with atomic_path(json_path) as tmp:
         tmp.write_text(text + "\n")
     return json_path

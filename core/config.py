@@ -50,6 +50,7 @@ __all__ = [
     "parse_override",
     "apply_overrides",
     "check_keys",
+    "run_settings",
     "load_config",
     "dump_config",
     "dump_yaml",
@@ -207,6 +208,22 @@ def check_keys(section: str, values: Mapping[str, Any], known: Collection[str]) 
     for key in values:
         if key not in known:
             look_up(str(key), sorted(known), what=f"{section} key")
+
+
+def run_settings(cfg: Mapping[str, Any]) -> tuple[int, bool | str | None]:
+    """A run config's checked ``seed`` (a non-negative integer, default 0) and ``resume`` (true, false, or a
+    checkpoint path; the strings ``"true"`` / ``"false"`` read as those); its ``out_dir`` must be set."""
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if not cfg.get("out_dir"):
+        raise InputError("the config names no out_dir (set out_dir=runs/NAME)")
+    resume = cfg.get("resume", False)
+    if not isinstance(resume, (bool, str)) and resume is not None:
+        raise InputError(f"resume must be true, false or a checkpoint path, got {resume!r}")
+    if isinstance(resume, str):
+        resume = {"true": True, "false": False, "": False}.get(resume.strip().lower(), resume)
+    return seed, resume
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:

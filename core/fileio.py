@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "link_or_copy"]
+__all__ = ["atomic_path", "link_or_copy", "write_csv_rows", "save_png"]
 
 
 @contextlib.contextmanager
@@ -43,3 +46,24 @@ def link_or_copy(src: Path, dst: Path) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
+
+
+def write_csv_rows(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+    """Write ``rows`` as a CSV with the header ``columns`` (a row's other keys are left out, a missing or
+    None value is an empty cell), atomically; returns ``path``."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+    return path
+
+
+def save_png(fig: Any, path: str | Path) -> Path:
+    """Save a matplotlib figure as a PNG at ``path``, atomically; returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unimae.core.fileio import atomic_path
+from unimae.core.fileio import save_png
 
 __all__ = ["save_preview"]
 
@@ -90,7 +90,4 @@ def save_preview(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_png(fig, path)

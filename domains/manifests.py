@@ -159,7 +159,6 @@ def _from_manifest(
         else:
             names = sorted(set(flat))
 
-    base = csv_path.parent
     files: list[Path] = []
     labels: list[Any] = []
     masks: list[Path] = []
@@ -170,11 +169,7 @@ def _from_manifest(
         if row_splits is not None and row_splits[k] == "none":
             continue
         rel = cell(row, image_col)
-        if not rel:
-            raise InputError(f"line {line}: empty image path", csv_path)
-        img = _resolve(base, rel)
-        if not img.exists():
-            raise InputError(f"line {line}: image file {rel!r} not found (paths are relative to the CSV)", csv_path)
+        img = _listed_file(csv_path, line, rel, "image")
         if not _is_image(img, plugin):
             raise _DoesNotFit(
                 f"line {line}: {rel!r} is not a file the {plugin.name} domain reads (accepted: {_accepted(plugin)})",
@@ -184,19 +179,11 @@ def _from_manifest(
         if has_labels:
             labels.append(_encode(csv_path, line, toks, names, multi, numeric, class_names is not None))
         if mask_col is not None:
-            mrel = cell(row, mask_col)
-            if not mrel:
-                raise InputError(f"line {line}: empty mask path (every row needs one when a mask column exists)", csv_path)
-            mpath = _resolve(base, mrel)
-            if not mpath.exists():
-                raise InputError(f"line {line}: mask file {mrel!r} not found (paths are relative to the CSV)", csv_path)
-            masks.append(mpath)
+            empty = " (every row needs one when a mask column exists)"
+            masks.append(_listed_file(csv_path, line, cell(row, mask_col), "mask", empty=empty))
         if fov_col is not None:
             frel = cell(row, fov_col)
-            fpath = _resolve(base, frel) if frel else None
-            if fpath is not None and not fpath.exists():
-                raise InputError(f"line {line}: FOV mask file {frel!r} not found (paths are relative to the CSV)", csv_path)
-            fovs.append(fpath)
+            fovs.append(_listed_file(csv_path, line, frel, "FOV mask") if frel else None)
         if group_col is not None:
             groups.append(cell(row, group_col) or None)
         if row_splits is not None:
@@ -235,6 +222,17 @@ def _from_manifest(
 def _resolve(base: Path, rel: str) -> Path:
     p = Path(rel).expanduser()
     return p if p.is_absolute() else base / p
+
+
+def _listed_file(csv_path: Path, line: int, rel: str | None, what: str, *, empty: str = "") -> Path:
+    """The existing file a manifest row names (``rel``, relative to the CSV's folder) in its ``what`` column;
+    ``empty`` ends the error for an empty cell."""
+    if not rel:
+        raise InputError(f"line {line}: empty {what} path{empty}", csv_path)
+    path = _resolve(csv_path.parent, rel)
+    if not path.exists():
+        raise InputError(f"line {line}: {what} file {rel!r} not found (paths are relative to the CSV)", csv_path)
+    return path
 
 
 def _names_for_indices(csv_path: Path, rows, tokens, name_col: str | None, cell) -> list[str]:

@@ -36,6 +36,7 @@ import numpy as np
 
 from unimae.core.errors import InputError, check_finite
 from unimae.domains.base import check_pixel_limit, max_pixels
+from unimae.domains.sniff import has_dicom_magic
 
 __all__ = ["read_dicom", "is_dicom_file", "folder_has_dicom", "LPS_TO_RAS"]
 
@@ -44,14 +45,8 @@ _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 _HU_FLOOR = -1500.0  # below this a CT value is padding / outside the reconstruction circle
 
 
-def is_dicom_file(path: str | Path) -> bool:
-    """True if ``path`` is a file with the DICOM Part-10 preamble (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+#: True if a path is a file with the DICOM Part-10 preamble (``DICM`` at byte 128)
+is_dicom_file = has_dicom_magic
 
 
 def folder_has_dicom(path: str | Path, max_files: int = 64) -> bool:

@@ -92,6 +92,18 @@ def _load_voxels(img, path: Path, shape: tuple[int, int, int], dtype) -> np.ndar
     return data.reshape(shape)
 
 
+def _scalar_volume_header(path: Path, need: str) -> tuple[Any, tuple[int, ...], np.dtype, np.ndarray]:
+    """The checked header of a 3D NIfTI of one numeric value per voxel: ``(image, shape, dtype, affine)``;
+    ``need`` ends the error for another voxel type (what the caller needs)."""
+    img = _load_header(path)
+    shape = _spatial_shape(img, path)
+    check_pixel_limit(shape, path)
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise InputError(f"has voxel type {dtype}; {need}", path)
+    return img, shape, dtype, _checked_affine(img, path)
+
+
 def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read a 3D NIfTI intensity volume.
 
@@ -105,13 +117,7 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
             over the pixel limit (checked from the header); NaN or Inf values.
     """
     path = Path(path)
-    img = _load_header(path)
-    shape = _spatial_shape(img, path)
-    check_pixel_limit(shape, path)
-    dtype = img.get_data_dtype()
-    if dtype.fields is not None or dtype.kind not in "biuf":
-        raise InputError(f"has voxel type {dtype}; a CT needs one scalar value per voxel", path)
-    affine = _checked_affine(img, path)
+    img, shape, dtype, affine = _scalar_volume_header(path, "a CT needs one scalar value per voxel")
     volume = _load_voxels(img, path, shape, np.float32)
     check_finite(volume, "image", path)
     header = img.header
@@ -126,13 +132,7 @@ def read_nifti_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         InputError: as :func:`read_nifti`, plus non-integer or negative label values.
     """
     path = Path(path)
-    img = _load_header(path)
-    shape = _spatial_shape(img, path)
-    check_pixel_limit(shape, path)
-    dtype = img.get_data_dtype()
-    if dtype.fields is not None or dtype.kind not in "biuf":
-        raise InputError(f"has voxel type {dtype}; a label map needs integer labels", path)
-    affine = _checked_affine(img, path)
+    img, shape, dtype, affine = _scalar_volume_header(path, "a label map needs integer labels")
     data = _load_voxels(img, path, shape, np.float64 if dtype.kind == "f" else np.int64)
     if data.dtype.kind == "f":
         check_finite(data, "label map", path)
