@@ -32,12 +32,13 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before anything can import gradio
 
 import argparse  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import NoReturn  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
 
 from unimae.core.errors import InputError  # noqa: E402
 from unimae.core.tasks import TASKS  # noqa: E402
@@ -123,18 +124,23 @@ def _resolve_finetune_config(value: str | None) -> Path:
 # ------------------------------------------------------------------------------------------------
 # commands
 # ------------------------------------------------------------------------------------------------
+def _train(args: argparse.Namespace, cfg: dict[str, Any], dump: Callable[[Any], str], runner: str) -> dict | None:
+    """Print the resolved config (``--print-config``) or run ``runner`` (``"module:function"``, imported only
+    now) on it; returns the run's result on the process that reports it (rank 0), else None."""
+    if args.print_config:
+        print(dump(cfg), end="")
+        return None
+    module, name = runner.split(":")
+    result = getattr(importlib.import_module(module), name)(cfg)
+    return result if result.get("rank", 0) == 0 else None
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from unimae.core.config import dump_config, load_config
 
-    path = _resolve_config(args.config, "pretrain")
-    cfg = load_config(path, args.overrides)
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return 0
-    from unimae.apps.pretrain import pretrain
-
-    result = pretrain(cfg)
-    if result.get("rank", 0) == 0:
+    cfg = load_config(_resolve_config(args.config, "pretrain"), args.overrides)
+    result = _train(args, cfg, dump_config, "unimae.apps.pretrain:pretrain")
+    if result is not None:
         loss = result.get("loss")
         loss_txt = f", last loss {loss:.4f}" if isinstance(loss, float) else ""
         print(f"{PROG}: pretrained {result['step']} steps{loss_txt}; model: {result['model']}")
@@ -144,15 +150,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from unimae.apps.finetune import dump_finetune_config, load_finetune_config
 
-    path = _resolve_finetune_config(args.config)
-    cfg = load_finetune_config(path, args.overrides)
-    if args.print_config:
-        print(dump_finetune_config(cfg), end="")
-        return 0
-    from unimae.apps.finetune import finetune
-
-    result = finetune(cfg)
-    if result.get("rank", 0) == 0:
+    cfg = load_finetune_config(_resolve_finetune_config(args.config), args.overrides)
+    result = _train(args, cfg, dump_finetune_config, "unimae.apps.finetune:finetune")
+    if result is not None:
         best = result.get("best_value")
         best_txt = (
             f"; best {result['monitor']} {best:.4f} at step {result['best_step']}" if isinstance(best, float) else ""

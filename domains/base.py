@@ -39,6 +39,7 @@ from unimae.domains.sample import (
     check_pixel_limit,
     kwargs_for,
     max_pixels,
+    size_pair,
     to_item,
 )
 

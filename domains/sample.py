@@ -34,6 +34,7 @@ every plugin can import it without importing each other.
 from __future__ import annotations
 
 import inspect
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,7 @@ __all__ = [
     "check_pixel_limit",
     "channel_list",
     "kwargs_for",
+    "size_pair",
     "DEFAULT_MAX_PIXELS",
 ]
 
@@ -67,6 +69,25 @@ def max_pixels() -> int:
         return int(float(value))
     except ValueError as err:
         raise InputError(f"UNIMAE_MAX_PIXELS must be an integer, got {value!r}") from err
+
+
+def size_pair(
+    value: int | Sequence[int], what: str = "input_size", *, minimum: int | None = 1, pair: str = "(height, width)"
+) -> tuple[int, int]:
+    """A 2D size given as one number (``224`` -> ``(224, 224)``) or a pair, as two ints.
+
+    Raises :class:`InputError` for a sequence of another length (``what`` names the setting, ``pair`` its two
+    sides) or a side below ``minimum`` (None: no lower bound)."""
+    if isinstance(value, numbers.Real):
+        a = b = int(value)
+    else:
+        vals = [int(v) for v in value]
+        if len(vals) != 2:
+            raise InputError(f"{what} must be an int or {pair}, got {value!r}")
+        a, b = vals
+    if minimum is not None and min(a, b) < minimum:
+        raise InputError(f"{what} must be at least {minimum}, got {a}x{b}")
+    return a, b
 
 
 def check_pixel_limit(shape: Sequence[int], path: str | Path | None = None, limit: int | None = None) -> None:

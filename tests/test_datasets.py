@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from unimae.core.errors import InputError
 from unimae.core.fileio import atomic_path
 from unimae.domains.base import DomainPlugin, Sample, TrainingView, channel_list
+from unimae.domains.examples import new_dicom
 from unimae.domains.datasets import (
     LocalDataset,
     describe,
@@ -160,21 +161,11 @@ def png(path: Path, value: int | np.ndarray = 128, size: tuple[int, int] = (8, 1
 
 
 def dicom(path: Path, modality: str = "CT", z: float = 0.0, patient: str = "Doe^Jane", size: int = 8) -> Path:
-    from pydicom.dataset import Dataset as DcmDataset
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage
 
     path.parent.mkdir(parents=True, exist_ok=True)
     sop = CTImageStorage if modality == "CT" else ComputedRadiographyImageStorage
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = sop
-    fm.MediaStorageSOPInstanceUID = generate_uid()
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = DcmDataset()
-    ds.file_meta = fm
-    ds.SOPClassUID = sop
-    ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID
-    ds.Modality = modality
+    ds = new_dicom(sop, modality)
     ds.PatientName = patient
     ds.PatientID = "SECRET-ID-42"
     ds.Rows = ds.Columns = size

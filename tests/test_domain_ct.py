@@ -17,6 +17,7 @@ from unimae.domains.ct import CTPlugin, SyntheticCT
 from unimae.domains.ct.augment import left_right_swaps
 from unimae.domains.ct.preprocess import model_to_hu, window_to_model
 from unimae.domains.ct.synthetic import CLASS_HU, LESION_HU, LESION_HU_SPREAD, SEG_CLASS_NAMES
+from unimae.domains.examples import new_dicom
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -68,18 +69,9 @@ def marker_world_centroid(volume: np.ndarray, affine: np.ndarray, above: float) 
 
 
 def dicom_dataset(*, rows: int, cols: int, with_pixels: bool = True, raw: np.ndarray | None = None, **tags):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage
 
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = CTImageStorage
-    fm.MediaStorageSOPInstanceUID = generate_uid()
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds = new_dicom(CTImageStorage, "CT")
     ds.PatientName = "Doe^Jane"
     ds.PatientID = "PID-778899"
     ds.PatientBirthDate = "19700101"

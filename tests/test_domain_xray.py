@@ -20,6 +20,7 @@ from PIL import Image, PngImagePlugin
 
 from unimae.core.errors import InputError
 from unimae.domains.base import DomainPlugin, Sample, TrainingView
+from unimae.domains.examples import new_dicom
 from unimae.domains.xray import SyntheticChestXRay, XRayPlugin, overlay_png, read_dicom, to_source_grid
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -35,18 +36,7 @@ def plugin() -> XRayPlugin:
 def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
                 signed: bool = False, patient: bool = True, **attrs) -> Path:
     """A single-frame DX DICOM file written with pydicom (explicit VR little endian)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital x-ray, for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
+    ds = new_dicom("1.2.840.10008.5.1.4.1.1.1.1", "DX")  # digital x-ray, for presentation
     if patient:
         for key, value in PATIENT.items():
             setattr(ds, key, value)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from unimae.core.fileio import atomic_path
-from unimae.domains.examples import SYNTHETIC_PATIENT
+from unimae.domains.examples import SYNTHETIC_PATIENT, new_dicom
 
 __all__ = ["ct_phantom_hu", "write_ct_nifti", "write_ct_dicom_zip", "write_examples"]
 
@@ -63,8 +63,7 @@ def write_ct_dicom_zip(
     path: str | Path, *, seed: int, index: int, size: Sequence[int], spacing: Sequence[float], lesion_prob: float = 1.0
 ) -> Path:
     """A phantom CT as a zipped axial DICOM series (one file per slice, HU = stored - 1024)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, generate_uid
 
     hu, _, _ = ct_phantom_hu(seed, index, size, lesion_prob)
     sx, sy, sz = (float(s) for s in spacing)
@@ -75,15 +74,7 @@ def write_ct_dicom_zip(
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for k in range(nz):
-            fm = FileMetaDataset()
-            fm.MediaStorageSOPClassUID = CTImageStorage
-            fm.MediaStorageSOPInstanceUID = generate_uid()
-            fm.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = fm
-            ds.SOPClassUID = CTImageStorage
-            ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID
-            ds.Modality = "CT"
+            ds = new_dicom(CTImageStorage, "CT")
             for key, value in SYNTHETIC_PATIENT.items():
                 setattr(ds, key, value)
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid

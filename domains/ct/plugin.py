@@ -221,22 +221,10 @@ class CTPlugin(DomainPlugin):
         out = resample_to_grid(labels[None].astype(np.float32), affine, grid_affine, like.spatial_shape)
         return out[0].round().long()
 
-    def preprocess(
-        self,
-        sample: Sample,
-        *,
-        window: str | Sequence[float] | Mapping[str, float] = "soft_tissue",
-        spacing: float | Sequence[float] | None = (1.5, 1.5, 1.5),
-        orientation: str | None = "RAS",
-        valid_region: str = "body",
-    ) -> Sample:
-        """Reorient to ``orientation``, resample to ``spacing`` mm, window HU into ``[-1, 1]``.
-
-        ``window``: one of :attr:`presets` (soft_tissue 400/40, lung 1500/-600, bone 2500/480, liver
-        150/90, brain 80/40) or a ``(center, width)`` pair. ``valid_region``: ``"body"`` (body outline,
-        default), ``"fov"`` or ``"all"``. See :func:`~unimae.domains.ct.preprocess.preprocess_ct`.
-        """
-        return preprocess_ct(sample, window=window, spacing=spacing, orientation=orientation, valid_region=valid_region)
+    #: reorient to ``orientation``, resample to ``spacing`` mm, window HU into ``[-1, 1]``: ``window`` is one of
+    #: :attr:`presets` (soft_tissue 400/40, lung 1500/-600, bone 2500/480, liver 150/90, brain 80/40) or a
+    #: ``(center, width)`` pair (:func:`~unimae.domains.ct.preprocess.preprocess_ct`, called as it is)
+    preprocess = staticmethod(preprocess_ct)
 
     def augment(
         self,

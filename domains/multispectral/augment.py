@@ -9,22 +9,9 @@ import cv2
 import numpy as np
 import torch
 
-from unimae.domains.base import Sample
+from unimae.domains.base import Sample, size_pair
 
 __all__ = ["SceneAugment"]
-
-
-def _size_pair(input_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(input_size, (int, np.integer)):
-        h = w = int(input_size)
-    else:
-        vals = [int(v) for v in input_size]
-        if len(vals) != 2:
-            raise ValueError(f"input_size must be an int or (height, width) for 2D images, got {input_size!r}")
-        h, w = vals
-    if h <= 0 or w <= 0:
-        raise ValueError(f"input_size must be positive, got {input_size!r}")
-    return h, w
 
 
 class SceneAugment:
@@ -46,7 +33,7 @@ class SceneAugment:
 
     def __init__(self, *, train: bool, input_size: int | Sequence[int] = 96, mask_fill: int = 0) -> None:
         self.train = bool(train)
-        self.size = _size_pair(input_size)
+        self.size = size_pair(input_size)
         self.mask_fill = int(mask_fill)
         h, w = self.size
         pad = dict(pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=0.0, fill_mask=0)

@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from rasterio.windows import Window
 
 from unimae.core.errors import InputError
 from unimae.domains.base import DomainPlugin, Sample, Transform
@@ -98,23 +97,9 @@ class MultispectralPlugin(DomainPlugin):
         count, crs = tiff_info(p)
         return 1.0 if count > 4 or crs else 0.3
 
-    def read(
-        self,
-        path: str | Path,
-        *,
-        bands: str | Sequence[str] | None = None,
-        window: Window | Sequence[int] | None = None,
-        scale: float | Sequence[float] | None = None,
-        offset: float | Sequence[float] | None = None,
-        allow_empty: bool = False,
-    ) -> Sample:
-        """Read a GeoTIFF (or a ``window`` of it, ``(row_off, col_off, height, width)``) as reflectance.
-
-        ``bands``: preset name or band names (else from band descriptions/tags, else by band count).
-        ``scale``/``offset``: reflectance = DN * scale + offset, overriding the file and default rules.
-        ``allow_empty``: return an all-invalid window instead of raising (for streamed tiling).
-        """
-        return read_geotiff(path, bands=bands, window=window, scale=scale, offset=offset, allow_empty=allow_empty)
+    #: read a GeoTIFF (or a ``window`` of it) as reflectance (:func:`~unimae.domains.multispectral.reader.read_geotiff`,
+    #: called as it is)
+    read = staticmethod(read_geotiff)
 
     def read_for_model(self, path: str | Path, trained_read: Mapping[str, Any]) -> Sample:
         """A file that does not name its bands (``band_source == "band_count"``) is read in the band order of the

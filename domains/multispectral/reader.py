@@ -419,7 +419,13 @@ def read_geotiff(
     offset: float | Sequence[float] | None = None,
     allow_empty: bool = False,
 ) -> Sample:
-    """Read a GeoTIFF (or a ``window`` of it) into a :class:`Sample`; see :class:`GeoTiffReader`."""
+    """Read a GeoTIFF (or a ``window`` of it, ``(row_off, col_off, height, width)``) as reflectance into a
+    :class:`Sample`; see :class:`GeoTiffReader`.
+
+    ``bands``: preset name or band names (else from band descriptions/tags, else by band count).
+    ``scale``/``offset``: reflectance = DN * scale + offset, overriding the file and default rules.
+    ``allow_empty``: return an all-invalid window instead of raising (for streamed tiling).
+    """
     with GeoTiffReader(path, bands=bands, scale=scale, offset=offset) as reader:
         return reader.read(window, allow_empty=allow_empty)
 

@@ -7,19 +7,9 @@ from collections.abc import Iterator, Sequence
 from rasterio.windows import Window
 
 from unimae.core.errors import InputError
+from unimae.domains.sample import size_pair
 
 __all__ = ["iter_windows", "as_window", "window_tuple"]
-
-
-def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
-    if isinstance(value, (int, float)):
-        a = b = int(value)
-    else:
-        vals = [int(v) for v in value]
-        if len(vals) != 2:
-            raise ValueError(f"{what} must be an int or a (rows, cols) pair, got {value!r}")
-        a, b = vals
-    return a, b
 
 
 def _spans(length: int, tile: int, stride: int, edge: str) -> list[tuple[int, int]]:
@@ -51,8 +41,8 @@ def iter_windows(
     tiles partition the grid exactly.
     """
     height, width = int(height), int(width)
-    th, tw = _pair(tile, "tile")
-    oh, ow = _pair(overlap, "overlap")
+    th, tw = size_pair(tile, "tile", minimum=None, pair="a (rows, cols) pair")
+    oh, ow = size_pair(overlap, "overlap", minimum=None, pair="a (rows, cols) pair")
     if height <= 0 or width <= 0:
         raise ValueError(f"grid must be non-empty, got {height}x{width}")
     if th <= 0 or tw <= 0:

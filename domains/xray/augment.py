@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError
-from unimae.domains.base import Sample
+from unimae.domains.base import Sample, size_pair
 from unimae.domains.xray.intensity import normalize, to_unit
 
 __all__ = ["XRayAugment", "input_hw"]
@@ -34,16 +34,7 @@ __all__ = ["XRayAugment", "input_hw"]
 
 def input_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
     """``input_size`` (int or ``(H, W)``) as a validated ``(H, W)``."""
-    if isinstance(input_size, (int, np.integer)):
-        hw = (int(input_size), int(input_size))
-    else:
-        dims = [int(s) for s in input_size]
-        if len(dims) != 2:
-            raise InputError(f"x-ray input_size must be an int or (height, width), got {list(input_size)!r}")
-        hw = (dims[0], dims[1])
-    if min(hw) < 1:
-        raise InputError(f"input_size must be positive, got {hw}")
-    return hw
+    return size_pair(input_size, "x-ray input_size")
 
 
 class XRayAugment:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from unimae.core.fileio import atomic_path
-from unimae.domains.examples import SYNTHETIC_PATIENT
+from unimae.domains.examples import SYNTHETIC_PATIENT, new_dicom
 
 __all__ = ["write_xray_png", "write_xray_dicom", "write_examples"]
 
@@ -45,19 +45,10 @@ def write_xray_dicom(
     pixel_spacing: float = 0.5,
 ) -> Path:  # fmt: skip
     """A synthetic chest radiograph as a MONOCHROME1 DX DICOM (12-bit, inverted grey: air is bright)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     img = _xray_phantom(seed, index, size, findings)
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray, for presentation
-    fm.MediaStorageSOPInstanceUID = generate_uid()
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = fm
-    ds.SOPClassUID = fm.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = fm.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
+    ds = new_dicom("1.2.840.10008.5.1.4.1.1.1.1", "DX")  # digital X-ray, for presentation
     for key, value in SYNTHETIC_PATIENT.items():
         setattr(ds, key, value)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()

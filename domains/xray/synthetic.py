@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError, look_up
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample, channel_list
+from unimae.domains.base import Sample, channel_list, size_pair
 from unimae.domains.xray.intensity import normalization_spec, normalize
 
 __all__ = ["SyntheticChestXRay", "chest_xray", "ChestPhantom", "FINDINGS", "SEG_CLASSES"]
@@ -58,16 +58,7 @@ class ChestPhantom:
 
 
 def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        h = w = int(size)
-    else:
-        dims = [int(s) for s in size]
-        if len(dims) != 2:
-            raise InputError(f"x-ray size must be an int or (height, width), got {list(size)!r}")
-        h, w = dims
-    if h < 32 or w < 32:
-        raise InputError(f"synthetic x-ray size must be at least 32x32, got {h}x{w}")
-    return h, w
+    return size_pair(size, "synthetic x-ray size", minimum=32)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
