@@ -31,7 +31,7 @@ from unimae.core.errors import InputError, look_up
 from unimae.domains import sample as _sample
 from unimae.domains.display import grey_volume_slice, picture
 from unimae.domains.layouts import local_dataset
-from unimae.domains.sample import (
+from unimae.domains.sample import (  # the data contract, re-exported (see __all__)
     DEFAULT_MAX_PIXELS,
     Sample,
     Transform,
@@ -39,6 +39,7 @@ from unimae.domains.sample import (
     check_pixel_limit,
     kwargs_for,
     max_pixels,
+    sample_index,
     size_pair,
     to_item,
 )

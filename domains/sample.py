@@ -54,6 +54,7 @@ __all__ = [
     "channel_list",
     "kwargs_for",
     "size_pair",
+    "sample_index",
     "DEFAULT_MAX_PIXELS",
 ]
 
@@ -88,6 +89,16 @@ def size_pair(
     if minimum is not None and min(a, b) < minimum:
         raise InputError(f"{what} must be at least {minimum}, got {a}x{b}")
     return a, b
+
+
+def sample_index(index: int, n: int) -> int:
+    """``index`` into a dataset of ``n`` samples, a negative one counted from the end; IndexError outside."""
+    i = int(index)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {index} out of range for {n} samples")
+    return i
 
 
 def check_pixel_limit(shape: Sequence[int], path: str | Path | None = None, limit: int | None = None) -> None:

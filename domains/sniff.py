@@ -22,6 +22,7 @@ from unimae.core.errors import InputError
 from unimae.domains.sample import check_pixel_limit
 
 __all__ = [
+    "check_file",
     "MULTI_SUFFIXES",
     "NAMED_FORMATS",
     "suffix",
@@ -54,6 +55,19 @@ def suffix(path: str | Path) -> str:
 def hidden(p: Path) -> bool:
     """Hidden or system entries (``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX``)."""
     return p.name.startswith(".") or p.name.startswith("__")
+
+
+def check_file(path: str | Path, *, not_file: str = "is not a file") -> Path:
+    """``path`` as a :class:`Path`; :class:`InputError` when it is missing, not a regular file (``not_file``
+    says so) or empty."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError("file not found", path)
+    if not p.is_file():
+        raise InputError(not_file, path)
+    if p.stat().st_size == 0:
+        raise InputError("file is empty (0 bytes)", path)
+    return p
 
 
 def has_dicom_magic(path: str | Path) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 from unimae.core.errors import InputError, check_finite
 from unimae.core.fileio import atomic_path
 from unimae.domains.base import check_pixel_limit
+from unimae.domains.sniff import check_file
 
 __all__ = ["NIFTI_SUFFIXES", "is_nifti_path", "read_nifti", "write_nifti"]
 
@@ -25,16 +26,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 def is_nifti_path(path: str | Path) -> bool:
     name = str(path).lower()
     return name.endswith(".nii") or name.endswith(".nii.gz")
-
-
-def check_file(path: Path) -> None:
-    """Raise :class:`InputError` when ``path`` is missing, not a regular file or empty."""
-    if not path.exists():
-        raise InputError("file not found", path)
-    if not path.is_file():
-        raise InputError("is not a file", path)
-    if path.stat().st_size == 0:
-        raise InputError("file is empty (0 bytes)", path)
 
 
 def _load_header(path: Path):

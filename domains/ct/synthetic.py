@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError, look_up
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample, channel_list
+from unimae.domains.base import Sample, channel_list, sample_index
 from unimae.domains.ct.augment import resolve_size
 from unimae.domains.ct.preprocess import body_mask, normalization_record, resolve_window, window_to_model
 
@@ -203,11 +203,7 @@ class SyntheticCT(Dataset):
         return aff
 
     def __getitem__(self, index: int) -> Sample:
-        i = int(index)
-        if i < 0:
-            i += self.n
-        if not 0 <= i < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} samples")
+        i = sample_index(index, self.n)
         rng = np.random.default_rng([self.seed, i])
         hu, organs, lesions, body = make_phantom(rng, self.size, self.lesion_prob)
         image = window_to_model(torch.from_numpy(hu)[None], self.center, self.width)

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError, look_up
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample, channel_list
+from unimae.domains.base import Sample, channel_list, sample_index
 from unimae.domains.fundus.augment import as_hw
 from unimae.domains.fundus.preprocess import CHANNEL_NAMES, NOMINAL_WAVELENGTHS, preprocess_fundus
 
@@ -347,12 +347,7 @@ class SyntheticFundus(Dataset):
         return render_fundus(rng, self.size, n_lesions=n_lesions)
 
     def _index(self, index: int) -> int:
-        index = int(index)
-        if index < 0:
-            index += self.n
-        if not 0 <= index < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} samples")
-        return index
+        return sample_index(index, self.n)
 
     def __getitem__(self, index: int) -> Sample:
         index = self._index(index)

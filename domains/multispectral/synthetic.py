@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from unimae.core.errors import look_up
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample
+from unimae.domains.base import Sample, sample_index
 from unimae.domains.multispectral.bands import BAND_PRESETS, SENSOR_BANDS, get_preset, preset_channels
 from unimae.domains.multispectral.stats import normalization_for
 
@@ -219,9 +219,7 @@ class SyntheticScenes(Dataset):
         return mask
 
     def __getitem__(self, index: int) -> Sample:
-        if not 0 <= int(index) < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} samples")
-        i = int(index)
+        i = sample_index(index, self.n)
         rng = np.random.default_rng([self.seed, i])
         h, w = self.size
         cmap = self._class_map(rng)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unimae.core.errors import InputError
+from unimae.domains.sniff import check_file as _check_file
 
 __all__ = ["sniff_format", "check_file"]
 
@@ -23,15 +23,8 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
 
 
 def check_file(path: str | Path) -> Path:
-    """Raise :class:`InputError` unless ``path`` is an existing, non-empty regular file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError("file not found", path)
-    if not p.is_file():
-        raise InputError("is not a file (give one image file)", path)
-    if p.stat().st_size == 0:
-        raise InputError("file is empty (0 bytes)", path)
-    return p
+    """Raise :class:`InputError` unless ``path`` is an existing, non-empty regular file (one image file)."""
+    return _check_file(path, not_file="is not a file (give one image file)")
 
 
 def sniff_format(path: str | Path) -> str:

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from unimae.core.errors import InputError, look_up
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample, channel_list, size_pair
+from unimae.domains.base import Sample, channel_list, sample_index, size_pair
 from unimae.domains.xray.intensity import normalization_spec, normalize
 
 __all__ = ["SyntheticChestXRay", "chest_xray", "ChestPhantom", "FINDINGS", "SEG_CLASSES"]
@@ -264,9 +264,7 @@ class SyntheticChestXRay(Dataset):
 
     def draw(self, index: int) -> ChestPhantom:
         """The raw phantom (all masks, ``[0, 1]`` image) behind sample ``index``."""
-        if not -self.n <= index < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} samples")
-        index %= max(self.n, 1)
+        index = sample_index(index, self.n)
         rng = np.random.default_rng([self.seed, index])
         found = {name: False for name in FINDINGS}
         if rng.random() < self.lesion_prob:
