@@ -395,7 +395,7 @@ def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, s
             probs = sliding_window(lambda t: torch.softmax(ref(t), 1), x, roi, overlap=0.25, mode="gaussian")[0]
         lab = probs.argmax(0).numpy().astype(np.uint8) * sample.valid.numpy()
         h, w = src.spatial_shape
-        return cv2.resize(lab.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        return cv2.resize(lab.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
 
     def ours_labels(path: Path) -> np.ndarray:
         return predictor.predict(path, keep_source=False).label_map
@@ -422,7 +422,7 @@ def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, s
                     img = _shifted(img, work, zoom, gains, cond.replace(" ", "").replace(".", ""))
                 pred = fn(img)
                 if pred.shape != truth.shape:  # score on the source grid of the original image
-                    pred = cv2.resize(pred.astype(np.uint8), truth.shape[::-1], interpolation=cv2.INTER_NEAREST)
+                    pred = cv2.resize(pred.astype(np.uint8), truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
                 scores.append(dice(pred, truth, fov))
             per[cond] = float(np.mean(scores))
         out[tag] = {"metric": per["DRIVE"], "conditions": per, "seconds": run["seconds"],

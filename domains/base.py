@@ -283,7 +283,7 @@ class DomainPlugin(ABC):
         if tuple(array.shape) == shape:
             return array
         t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-        mode = "nearest" if labels else ("bilinear" if len(shape) == 2 else "trilinear")
+        mode = "nearest-exact" if labels else ("bilinear" if len(shape) == 2 else "trilinear")
         return torch.nn.functional.interpolate(t, size=shape, mode=mode)[0, 0].numpy()
 
     @abstractmethod

@@ -94,7 +94,7 @@ class FundusTransform:
         if self.train and self.crop == "native":
             steps = [
                 A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                              mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+                              mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
                 A.PadIfNeeded(min_height=h, min_width=w, p=1.0, **border),
                 A.RandomCrop(height=h, width=w, p=1.0),
             ]
@@ -111,7 +111,7 @@ class FundusTransform:
                     scale=(lo, hi),
                     ratio=(float(ratio[0]), float(ratio[1])),
                     interpolation=cv2.INTER_LINEAR,
-                    mask_interpolation=cv2.INTER_NEAREST,
+                    mask_interpolation=cv2.INTER_NEAREST_EXACT,
                     p=1.0,
                 )
             ]
@@ -179,7 +179,7 @@ class FundusTransform:
         bh, bw = image.shape[:2]
         s = min(h / bh, w / bw)
         nh, nw = max(1, min(h, round(bh * s))), max(1, min(w, round(bw * s)))
-        resize = A.Resize(nh, nw, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST, p=1.0)
+        resize = A.Resize(nh, nw, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0)
         frame = np.ones((bh, bw), dtype=np.uint8)  # locates the padding exactly, whatever the rounding
         compose = A.Compose([resize, self._pad], seed=0)
         out = compose(image=image, masks=[*masks, frame])

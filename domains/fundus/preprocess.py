@@ -207,10 +207,10 @@ def _fov_resample(
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2: (width, height)
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     rgb = cv2.resize(rgb, size, interpolation=interp)
-    valid = cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    valid = cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
     if mask is not None:
         m = mask.numpy()
-        m = cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_NEAREST).astype(m.dtype)
+        m = cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_NEAREST_EXACT).astype(m.dtype)
         mask = torch.from_numpy(m)
     return rgb, valid, mask, scale
 

@@ -63,7 +63,7 @@ def to_source_grid(array: Any, meta: Mapping[str, Any], *, label: bool | None = 
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     source = tuple(int(s) for s in meta.get("source_shape") or arr.shape)
-    interp = cv2.INTER_NEAREST if label else cv2.INTER_LINEAR
+    interp = cv2.INTER_NEAREST_EXACT if label else cv2.INTER_LINEAR
     work = arr.astype(np.float32) if not label else arr.astype(np.int32 if arr.max(initial=0) > 65535 else np.uint16)
     box = meta.get("letterbox")
     if box and tuple(arr.shape) == tuple(box["size"]):
@@ -216,7 +216,7 @@ def overlay_png(
     label = _is_label(over)
     if over.shape != (h, w):
         over = _resize(
-            over.astype(np.uint16 if label else np.float32), (h, w), cv2.INTER_NEAREST if label else cv2.INTER_LINEAR
+            over.astype(np.uint16 if label else np.float32), (h, w), cv2.INTER_NEAREST_EXACT if label else cv2.INTER_LINEAR
         )
     out = base.astype(np.float32)
     if label:
