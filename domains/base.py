@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,21 +46,39 @@ from unimae.domains.sample import (  # the data contract, re-exported (see __all
 )
 
 # the data contract's names (domains.sample) are re-exported: plugins import them from here
-__all__ = ["DomainPlugin", "TrainingView", "RESULT_KINDS", "result_kind", *_sample.__all__]
+__all__ = ["DomainPlugin", "TrainingView", "ResultFile", "RESULT_KINDS", "kind_name", "result_kind", *_sample.__all__]
 
 #: what :meth:`DomainPlugin.write` and :meth:`DomainPlugin.to_source_grid` are told a result is
 RESULT_KINDS = ("auto", "labels", "heat")
 _KIND_ALIASES = {"label": "labels", "map": "heat"}
 
 
+def kind_name(kind: str) -> str:
+    """``kind`` as one of :data:`RESULT_KINDS` (``"label"`` and ``"map"`` are read as ``"labels"`` and ``"heat"``);
+    :class:`InputError` for any other name."""
+    return look_up(_KIND_ALIASES.get(str(kind), str(kind)), RESULT_KINDS, what="result kind")
+
+
 def result_kind(kind: str, array: Any = None) -> str:
     """``"labels"`` or ``"heat"``: ``kind`` (``"label"`` and ``"map"`` are read as those), or for ``"auto"`` the
     dtype of ``array`` (integer / bool -> labels, float -> heat)."""
-    kind = look_up(_KIND_ALIASES.get(str(kind), str(kind)), RESULT_KINDS, what="result kind")
+    kind = kind_name(kind)
     if kind != "auto":
         return kind
     arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
     return "labels" if arr.dtype.kind in "biu" else "heat"
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """What :meth:`DomainPlugin.write` hands its plugin's :meth:`~DomainPlugin._write` beside the array and
+    ``meta``: the output ``path``, the result ``kind`` (one of :data:`RESULT_KINDS`), ``nodata`` and
+    ``class_names`` (for the formats that store them)."""
+
+    path: str | Path
+    kind: str = "auto"
+    nodata: float | None = None
+    class_names: Sequence[str] | None = None
 
 
 class TrainingView(Dataset):
@@ -286,7 +305,6 @@ class DomainPlugin(ABC):
         mode = "nearest-exact" if labels else ("bilinear" if len(shape) == 2 else "trilinear")
         return torch.nn.functional.interpolate(t, size=shape, mode=mode)[0, 0].numpy()
 
-    @abstractmethod
     def write(
         self,
         array: Any,
@@ -296,20 +314,30 @@ class DomainPlugin(ABC):
         kind: str = "auto",
         nodata: float | None = None,
         class_names: Sequence[str] | None = None,
+        **options: Any,
     ) -> Path:
         """Write a result in the source geometry of ``meta``, atomically; returns ``path``.
+
+        The one signature of every domain. ``kind`` is checked here and the file written by the plugin's
+        :meth:`_write`; a plugin may instead override ``write`` itself, with this signature.
 
         Args:
             array: a label map (integers / bool) or heat map (floats) on the source grid, or on the grid of
                 ``meta`` when the plugin maps it back itself (it then calls :meth:`to_source_grid`).
             meta: the sample's ``meta`` (affine / CRS / transform / nodata / ``source_shape``).
             path: the output file; its suffix is :attr:`suffix`.
-            kind: ``"labels"``, ``"heat"`` or ``"auto"`` (by dtype); see :func:`result_kind`.
+            kind: ``"labels"``, ``"heat"`` or ``"auto"`` (by dtype; ``"label"`` / ``"map"`` are read as
+                ``"labels"`` / ``"heat"``); see :func:`result_kind`.
             nodata: the value written where the result is undefined, for formats that store one.
             class_names: the label names, for formats that record them.
-
-        Plugins may take further keyword arguments of their own after these.
+            options: the plugin's own keyword arguments (those of its :meth:`_write`).
         """
+        return self._write(array, meta, ResultFile(path, kind_name(kind), nodata, class_names), **options)
+
+    def _write(self, array: Any, meta: dict[str, Any], out: ResultFile, **options: Any) -> Path:
+        """Write ``array`` to ``out.path`` in the domain's format (see :meth:`write`); ``out.kind`` is one of
+        :data:`RESULT_KINDS`. Every plugin implements this, or overrides :meth:`write`."""
+        raise NotImplementedError(f"the {self.name} domain writes no results: implement _write")
 
     @abstractmethod
     def plot(self, sample: Sample, prediction: torch.Tensor | None = None, **kwargs: Any):

@@ -33,6 +33,28 @@ def test_plugin_protocol(name):
     assert plugin.recipes["pretrain"]["patch_size"] in (8, 16)
 
 
+def test_write_checks_the_kind_and_hands_the_plugins_write_hook_its_options(tmp_path):
+    from unimae.domains.base import ResultFile
+
+    class Hooked(DomainPlugin):
+        name, spatial_dims, modality, extensions = "hooked", 2, "toy", (".toy",)
+        read = read_mask = preprocess = augment = synthetic = plot = lambda self, *a, **k: None
+
+        def _write(self, array, meta, out, *, level=0):
+            self.seen = (out, level)
+            return out.path
+
+    plugin, path = Hooked(), tmp_path / "a.toy"
+    assert plugin.write([1], {}, path, kind="map", nodata=0, class_names=("x",), level=3) == path
+    assert plugin.seen == (ResultFile(path, "heat", 0, ("x",)), 3)
+    plugin.write([1], {}, path)
+    assert plugin.seen == (ResultFile(path, "auto", None, None), 0)
+    with pytest.raises(InputError, match="result kind"):
+        plugin.write([1], {}, path, kind="mask")
+    with pytest.raises(TypeError):
+        plugin.write([1], {}, path, bits=8)  # an option the plugin does not take
+
+
 @pytest.mark.parametrize("name", DOMAINS)
 @pytest.mark.parametrize("task", ["segment", "anomaly", "classify"])
 def test_synthetic_training_items_follow_the_contract(name, task):

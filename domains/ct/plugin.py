@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError, look_up
-from unimae.domains.base import DomainPlugin, Sample, channel_list, check_pixel_limit, result_kind
+from unimae.domains.base import DomainPlugin, ResultFile, Sample, channel_list, check_pixel_limit, result_kind
 from unimae.domains.ct.examples import write_examples as _write_examples
 from unimae.domains.ct.augment import CTAugment
 from unimae.domains.ct.dicom import folder_has_dicom, is_dicom_file, read_dicom
@@ -265,33 +265,18 @@ class CTPlugin(DomainPlugin):
         arr = np.asarray(array).astype(np.float32)[None]
         return to_source_grid(arr, meta, mode="nearest" if labels else "bilinear")[0].numpy()
 
-    def write(
-        self,
-        array: Any,
-        meta: dict[str, Any],
-        path: str | Path,
-        *,
-        kind: str = "auto",
-        nodata: float | None = None,
-        class_names: Sequence[str] | None = None,
-    ) -> Path:
-        """Write a result on the sample grid back to the source grid as NIfTI, atomically.
+    def _write(self, array: Any, meta: dict[str, Any], out: ResultFile) -> Path:
+        """Write a result on the sample grid back to the source grid as NIfTI (``.nii.gz`` or ``.nii``), atomically.
 
-        Args:
-            array: ``(I, J, K)`` or ``(1, I, J, K)`` on the grid of ``meta`` (``meta["valid"]``'s shape):
-                integer/bool labels or a float map.
-            meta: the sample's ``meta`` (from ``read``, ``preprocess`` or ``synthetic``).
-            path: ``.nii.gz`` or ``.nii`` output.
-            kind: ``"labels"`` (nearest, integer output), ``"heat"`` (trilinear, float32; ``"map"`` is the
-                same) or ``"auto"`` (labels for integer/bool arrays, heat for floats).
-            nodata, class_names: not stored in NIfTI (voxels outside the image are 0).
-
-        Returns:
-            ``path``. The file has the source ``affine`` and ``source_shape`` (for synthetic data: its
-            own grid); sform/qform codes follow the source NIfTI where known.
+        ``array``: ``(I, J, K)`` or ``(1, I, J, K)`` on the grid of ``meta`` (``meta["valid"]``'s shape; ``meta``
+        from ``read``, ``preprocess`` or ``synthetic``), integer/bool labels or a float map. ``"labels"``: nearest,
+        integer output; ``"heat"``: trilinear, float32; ``"auto"``: labels for integer/bool arrays, heat for
+        floats. ``nodata`` and ``class_names`` are not stored in NIfTI (voxels outside the image are 0). The file
+        has the source ``affine`` and ``source_shape`` (for synthetic data: its own grid); sform/qform codes
+        follow the source NIfTI where known.
         """
-        kind = look_up(kind, ("auto", "labels", "heat", "map"), what="write kind")
-        kind = {"heat": "map"}.get(kind, kind)
+        path = out.path
+        kind = {"heat": "map"}.get(out.kind, out.kind)
         arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
         if arr.ndim == 4 and arr.shape[0] == 1:
             arr = arr[0]

@@ -20,7 +20,7 @@ import torch
 
 from unimae.core.errors import InputError, look_up
 from unimae.core.tasks import TASKS, get_task
-from unimae.domains.base import DomainPlugin, Sample, Transform, channel_list, result_kind
+from unimae.domains.base import DomainPlugin, ResultFile, Sample, Transform, channel_list, result_kind
 from unimae.domains.folders import fov_for_image
 from unimae.domains.fundus.examples import write_examples as _write_examples
 from unimae.domains.fundus.augment import FundusTransform
@@ -253,25 +253,16 @@ class FundusPlugin(DomainPlugin):
         labels = result_kind(kind, array) == "labels"
         return to_source_grid(np.asarray(array).astype(np.int64) if labels else array, meta, label=labels)
 
-    def write(
-        self,
-        array: Any,
-        meta: dict[str, Any],
-        path: str | Path,
-        *,
-        kind: str = "auto",
-        nodata: float | None = None,
-        class_names: Sequence[str] | None = None,
-        bits: int = 8,
-        mask_outside_fov: bool = True,
+    def _write(
+        self, array: Any, meta: dict[str, Any], out: ResultFile, *, bits: int = 8, mask_outside_fov: bool = True
     ) -> Path:
         """Write a label map (0/255 or class indices) or heat map PNG at the source resolution, atomically.
 
         ``nodata`` and ``class_names`` are not stored (PNG; outside the field of view the result is 0). See
         :func:`~unimae.domains.fundus.writer.write_prediction` for ``bits`` and ``mask_outside_fov``.
         """
-        kind = {"labels": "label"}.get(kind, kind)
-        return write_prediction(array, meta, path, kind=kind, bits=bits, mask_outside_fov=mask_outside_fov)
+        kind = {"labels": "label"}.get(out.kind, out.kind)
+        return write_prediction(array, meta, out.path, kind=kind, bits=bits, mask_outside_fov=mask_outside_fov)
 
     def write_examples(self, dest: Path, *, seed: int, **settings: Any) -> list[Path]:
         """Synthetic photographs as PNG (with lesions, healthy) and JPEG (see :mod:`.examples`)."""

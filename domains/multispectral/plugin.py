@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError
-from unimae.domains.base import DomainPlugin, Sample, Transform
+from unimae.domains.base import DomainPlugin, ResultFile, Sample, Transform
 from unimae.domains.multispectral.augment import SceneAugment
 from unimae.domains.multispectral.bands import BAND_PRESETS, DEFAULT_BAND_STATS, canonical_band, preset_channels
 from unimae.domains.multispectral.examples import write_examples as _write_examples
@@ -186,25 +186,17 @@ class MultispectralPlugin(DomainPlugin):
                                lesion_prob=lesion_prob, bands=bands)
 
     # -- results ---------------------------------------------------------------------------------
-    def write(
-        self,
-        array: Any,
-        meta: dict[str, Any],
-        path: str | Path,
-        *,
-        kind: str = "auto",
-        nodata: float | None = None,
-        class_names: Sequence[str] | None = None,
-        descriptions: Sequence[str | None] | None = None,
+    def _write(
+        self, array: Any, meta: dict[str, Any], out: ResultFile, *, descriptions: Sequence[str | None] | None = None
     ) -> Path:
         """Write ``(H, W)`` or ``(C, H, W)`` as a compressed GeoTIFF with the source CRS, transform and ``nodata``.
 
         The array is on the source grid (scenes are predicted there) and keeps its dtype, whatever ``kind``;
         ``descriptions`` name the bands (``class_names`` are not stored: a class map has one band).
         """
-        if Path(path).suffix.lower() not in TIFF_SUFFIXES:
-            raise InputError("write GeoTIFF results to a .tif or .tiff path", path)
-        return write_geotiff(array, meta, path, nodata=nodata, descriptions=descriptions)
+        if Path(out.path).suffix.lower() not in TIFF_SUFFIXES:
+            raise InputError("write GeoTIFF results to a .tif or .tiff path", out.path)
+        return write_geotiff(array, meta, out.path, nodata=out.nodata, descriptions=descriptions)
 
     # -- streamed scenes -------------------------------------------------------------------------
     def open_scene(self, path: str | Path, *, trained_read: Mapping[str, Any] | None = None) -> GeoTiffReader:

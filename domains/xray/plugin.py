@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from unimae.core.errors import InputError, look_up
-from unimae.domains.base import DomainPlugin, Sample, channel_list, result_kind
+from unimae.domains.base import DomainPlugin, ResultFile, Sample, channel_list, result_kind
 from unimae.domains.sniff import dicom_modality, looks_dicom, picture_is_grey, suffix
 from unimae.domains.xray.augment import XRayAugment
 from unimae.domains.xray.dicom_io import read_dicom
@@ -250,23 +250,14 @@ class XRayPlugin(DomainPlugin):
         """Undo the evaluation letterbox (``meta["letterbox"]``) and resize to the radiograph's size."""
         return to_source_grid(array, meta, kind=result_kind(kind, array))
 
-    def write(
-        self,
-        array: Any,
-        meta: dict[str, Any],
-        path: str | Path,
-        *,
-        kind: str = "auto",
-        nodata: float | None = None,
-        class_names: Sequence[str] | None = None,
-    ) -> Path:
+    def _write(self, array: Any, meta: dict[str, Any], out: ResultFile) -> Path:
         """Write a label map (integers) or heat map (floats) as a PNG at the source resolution, atomically.
 
         ``array`` may be on the model grid: the letterbox in ``meta`` is undone and the result resized to
         ``meta["source_shape"]`` (see :func:`~unimae.domains.xray.output.write_png`); ``class_names`` go into the
         PNG's text chunk; ``nodata`` is not stored (PNG).
         """
-        return write_png(array, meta, path, kind=kind, class_names=class_names)
+        return write_png(array, meta, out.path, kind=out.kind, class_names=out.class_names)
 
     def write_examples(self, dest: Path, *, seed: int, **settings: Any) -> list[Path]:
         """Synthetic radiographs as 8/16-bit PNG and MONOCHROME1 DICOM (see :mod:`.examples`)."""
