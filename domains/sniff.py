@@ -27,6 +27,8 @@ __all__ = [
     "NAMED_FORMATS",
     "suffix",
     "hidden",
+    "MAGIC",
+    "magic_format",
     "has_dicom_magic",
     "looks_dicom",
     "is_dicom_dir",
@@ -41,6 +43,21 @@ MULTI_SUFFIXES = (".nii.gz", ".tar.gz")
 #: suffixes whose format the name tells: a DICOM preamble is looked for only in files named otherwise
 NAMED_FORMATS = (".nii", ".nii.gz", ".dcm", ".dicom", ".zip", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+#: file signatures ``(offset, bytes, format)``: the first that a file's first bytes hold names its format
+MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "png"),
+    (0, b"\xff\xd8\xff", "jpeg"),
+    (0, b"GIF87a", "gif"),
+    (0, b"GIF89a", "gif"),
+    (0, b"II*\x00", "tiff"),
+    (0, b"MM\x00*", "tiff"),
+    (0, b"BM", "bmp"),
+    (0, b"\x1f\x8b", "gzip"),
+    (0, b"PK\x03\x04", "zip"),
+    (0, b"%PDF", "pdf"),
+    (128, b"DICM", "dicom"),
+    (344, b"n+1\x00", "nifti"),
+)
 
 
 def suffix(path: str | Path) -> str:
@@ -68,6 +85,17 @@ def check_file(path: str | Path, *, not_file: str = "is not a file") -> Path:
     if p.stat().st_size == 0:
         raise InputError("file is empty (0 bytes)", path)
     return p
+
+
+def magic_format(path: str | Path) -> tuple[str | None, bytes]:
+    """The format that a signature of :data:`MAGIC` in the first bytes of ``path`` names (None: no signature
+    matches), and those bytes (512 at the most), for the caller's own look at content without one."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    for offset, magic, name in MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name, head
+    return None, head
 
 
 def has_dicom_magic(path: str | Path) -> bool:

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from unimae.core.errors import InputError, check_finite
 from unimae.domains.base import check_pixel_limit
+from unimae.domains.sniff import magic_format
 
 __all__ = ["FORMATS_BY_EXTENSION", "open_image", "decode_rgb", "decode_mask", "sniff_format"]
 
@@ -44,28 +45,15 @@ FORMATS_BY_EXTENSION: dict[str, tuple[str, ...]] = {
 
 _EXT_FOR_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "PPM": ".ppm"}
 
-_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\x89PNG", "PNG"),
-    (0, b"\xff\xd8\xff", "JPEG"),
-    (0, b"II*\x00", "TIFF"),
-    (0, b"MM\x00*", "TIFF"),
-    (0, b"BM", "BMP"),
-    (0, b"GIF8", "GIF"),
-    (0, b"\x1f\x8b", "gzip data (a .nii.gz?)"),
-    (0, b"PK\x03\x04", "a zip archive"),
-    (0, b"%PDF", "a PDF document"),
-    (128, b"DICM", "DICOM"),
-    (344, b"n+1\x00", "NIfTI"),
-)
+#: how an error names a format of :data:`~unimae.domains.sniff.MAGIC` (else in capitals: PNG, JPEG, DICOM ...)
+_FORMAT_NAMES = {"gzip": "gzip data (a .nii.gz?)", "zip": "a zip archive", "pdf": "a PDF document", "nifti": "NIfTI"}
 
 
 def sniff_format(path: str | Path) -> str:
     """A short description of what a file's first bytes look like (used in error messages)."""
-    with open(path, "rb") as fh:
-        head = fh.read(512)
-    for offset, magic, name in _SIGNATURES:
-        if head[offset : offset + len(magic)] == magic:
-            return name
+    name, head = magic_format(path)
+    if name is not None:
+        return _FORMAT_NAMES.get(name, name.upper())
     try:
         head.decode("utf-8")
         return "text"

@@ -209,20 +209,10 @@ class MultispectralPlugin(DomainPlugin):
             reader = GeoTiffReader(path, bands=bands)
         return reader
 
-    def scene_writer(
-        self,
-        like: str | Path,
-        path: str | Path,
-        *,
-        count: int,
-        dtype: str,
-        nodata: float | None,
-        descriptions: Sequence[str] | None = None,
-        tile: int = 256,
-    ) -> GeoTiffWriter:
-        """A tiled GeoTIFF writer on the grid (CRS, transform) of the input ``like``."""
-        return GeoTiffWriter.like(like, path, count=count, dtype=dtype, nodata=nodata, descriptions=descriptions,
-                                  tile=tile)  # fmt: skip
+    def scene_writer(self, like: str | Path, path: str | Path, **settings: Any) -> GeoTiffWriter:
+        """A tiled GeoTIFF writer on the grid (CRS, transform) of the input ``like``; ``settings``: ``count``,
+        ``dtype``, ``nodata``, ``descriptions``, ``tile`` (see :meth:`DomainPlugin.scene_writer`)."""
+        return GeoTiffWriter.like(like, path, **settings)
 
     def stream_context(self) -> contextlib.AbstractContextManager:
         """GDAL's block cache bounded to 64 MB, so a streamed scene's memory does not grow with its size."""

@@ -34,7 +34,7 @@ import numpy as np
 from unimae.core.errors import InputError
 from unimae.domains.base import check_pixel_limit
 from unimae.domains.xray.image_io import luminance
-from unimae.domains.xray.sniff import check_file, sniff_format
+from unimae.domains.xray.sniff import check_file, format_hint, sniff_format
 
 __all__ = ["read_dicom", "DICOM_TAGS"]
 
@@ -82,13 +82,7 @@ def _dcmread(path: Path):
 
     fmt = sniff_format(path)
     if fmt != "dicom":
-        what = {
-            "png": "it is a PNG image; name it .png",
-            "jpeg": "it is a JPEG image; name it .jpg",
-            "text": "it is a text file",
-            "zip": "it is a zip archive",
-            "gzip": "it is a gzip archive",
-        }.get(fmt, "no 'DICM' marker at byte 128")
+        what = format_hint(fmt, "no 'DICM' marker at byte 128")
         raise InputError(f"not a DICOM file ({what})", path)
     try:
         with warnings.catch_warnings():

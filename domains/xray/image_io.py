@@ -25,7 +25,7 @@ import numpy as np
 
 from unimae.core.errors import InputError
 from unimae.domains.base import check_pixel_limit
-from unimae.domains.xray.sniff import check_file, sniff_format
+from unimae.domains.xray.sniff import check_file, format_hint, sniff_format
 
 __all__ = ["read_image", "read_label_image", "png_significant_bits", "luminance"]
 
@@ -63,13 +63,7 @@ def _open(path: Path, what: str):
 
     fmt = sniff_format(path)
     if fmt not in _IMAGE_FORMATS:
-        hint = {
-            "dicom": "it is a DICOM file; name it .dcm",
-            "text": "it is a text file",
-            "gzip": "it is a gzip archive",
-            "zip": "it is a zip archive",
-        }.get(fmt, "unrecognised content")
-        raise InputError(f"not a PNG/JPEG {what} ({hint})", path)
+        raise InputError(f"not a PNG/JPEG {what} ({format_hint(fmt, 'unrecognised content')})", path)
     try:
         im = Image.open(path)
     except Image.DecompressionBombError as err:

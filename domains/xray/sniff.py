@@ -5,21 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from unimae.domains.sniff import check_file as _check_file
+from unimae.domains.sniff import magic_format
 
-__all__ = ["sniff_format", "check_file"]
+__all__ = ["sniff_format", "format_hint", "check_file"]
 
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\x89PNG\r\n\x1a\n", "png"),
-    (0, b"\xff\xd8\xff", "jpeg"),
-    (0, b"GIF87a", "gif"),
-    (0, b"GIF89a", "gif"),
-    (0, b"II*\x00", "tiff"),
-    (0, b"MM\x00*", "tiff"),
-    (0, b"BM", "bmp"),
-    (0, b"\x1f\x8b", "gzip"),
-    (0, b"PK\x03\x04", "zip"),
-    (128, b"DICM", "dicom"),
-)
+#: the formats told apart (those of :data:`~unimae.domains.sniff.MAGIC`, less PDF and NIfTI)
+_FORMATS = ("png", "jpeg", "gif", "tiff", "bmp", "gzip", "zip", "dicom")
+
+#: what a file of a format found by :func:`sniff_format` is, for the error that it is not the format expected
+_HINTS = {
+    "png": "it is a PNG image; name it .png",
+    "jpeg": "it is a JPEG image; name it .jpg",
+    "dicom": "it is a DICOM file; name it .dcm",
+    "text": "it is a text file",
+    "zip": "it is a zip archive",
+    "gzip": "it is a gzip archive",
+}
+
+
+def format_hint(fmt: str, otherwise: str) -> str:
+    """What a file :func:`sniff_format` found to be ``fmt`` is (``otherwise`` for a format without a hint)."""
+    return _HINTS.get(fmt, otherwise)
 
 
 def check_file(path: str | Path) -> Path:
@@ -33,11 +39,9 @@ def sniff_format(path: str | Path) -> str:
     One of ``"png"``, ``"jpeg"``, ``"dicom"``, ``"gif"``, ``"tiff"``, ``"bmp"``, ``"gzip"``, ``"zip"``,
     ``"text"`` or ``"unknown"``.
     """
-    with open(path, "rb") as f:
-        head = f.read(512)
-    for offset, magic, name in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return name
+    name, head = magic_format(path)
+    if name in _FORMATS:
+        return name
     if head and all(b in b"\t\n\r" or 32 <= b < 127 for b in head):
         return "text"
     return "unknown"
