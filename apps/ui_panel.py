@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from unimae.core.tasks import Task, app_order, get_task
 __all__ = [
     "AppSettings",
     "OutputDirs",
+    "Display",
     "TaskPanel",
     "TASK_TITLES",
     "user_errors",
@@ -312,6 +313,19 @@ def check_upload(path: str | Path | None, domain: str) -> str | None:
 # ------------------------------------------------------------------------------------------------
 # the callbacks of one domain x task
 # ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Display:
+    """How a tab draws a result: its display controls, in the order the page passes them."""
+
+    opacity: float = 0.5
+    plane: str = "axial"
+    index: int | None = None
+    window: str | None = "soft_tissue"
+    center: float | None = 40.0
+    width: float | None = 400.0
+    composite: str = "natural"
+
+
 @dataclass
 class TaskPanel:
     """The server side of one task tab: run the model, redraw, re-threshold, write downloads."""
@@ -350,23 +364,14 @@ class TaskPanel:
             raise InputError(f"window center {center} / width {width}: the width must be a positive number")
         return c, w
 
-    def draw(
-        self,
-        view: Any,
-        *,
-        opacity: float = 0.5,
-        plane: str = "axial",
-        index: int | None = None,
-        window: str | None = "soft_tissue",
-        center: float | None = 40.0,
-        width: float | None = 400.0,
-        composite: str = "natural",
-    ) -> np.ndarray:
+    def draw(self, view: Any, display: Display | None = None, **settings: Any) -> np.ndarray:
+        """The picture of ``view`` drawn with ``display`` (or a :class:`Display` of ``settings``)."""
         from unimae.apps.ui_render import render
 
-        win = self._window(window, center, width) if view.kind == "volume" else (40.0, 400.0)
-        return render(view, opacity=float(opacity), plane=plane or "axial", index=index, window=win,
-                      composite=composite or "natural")  # fmt: skip
+        d = Display(**settings) if display is None else display
+        win = self._window(d.window, d.center, d.width) if view.kind == "volume" else (40.0, 400.0)
+        return render(view, opacity=float(d.opacity), plane=d.plane or "axial", index=d.index, window=win,
+                      composite=d.composite or "natural")  # fmt: skip
 
     def summary(self, view: Any) -> Any:
         from unimae.apps.ui_render import anomaly_html, legend_html
@@ -478,52 +483,30 @@ class TaskPanel:
             if entry.trained_on == "real" and entry.model_card:
                 view.extra["model_data"] = (entry.model_card.get("data") or {}).get("name")
             note = ""
+            display = Display(opacity, plane, None, window, center, width, composite)
             try:
-                image = self.draw(view, opacity=opacity, plane=plane, window=window, center=center, width=width,
-                                  composite=composite)  # fmt: skip
+                image = self.draw(view, display)
             except InputError as err:  # a display choice this input cannot have (e.g. false colour of RGB)
                 note = f"note: {err}; showing natural colour"
-                image = self.draw(view, opacity=opacity, plane=plane, window=window, center=center, width=width)
+                image = self.draw(view, replace(display, composite="natural"))
             files, report = self.write(pred, file_name, opacity, view.extra)
             seconds = time.perf_counter() - t0
             log.info("%s: %s input done in %.2f s", self.name, "".join(path.suffixes[-2:]) or "extension-less", seconds)
             status = self.status(view, entry, file_name, seconds, note)
             return self.outputs.png(image), self.summary(view), files, report, status, view
 
-    def redraw(
-        self,
-        view: Any,
-        opacity: float = 0.5,
-        plane: str = "axial",
-        index: int | None = None,
-        window: str = "soft_tissue",
-        center: float = 40.0,
-        width: float = 400.0,
-        composite: str = "natural",
-    ) -> Any:
-        """The image again with other display settings (no model run)."""
+    def redraw(self, view: Any, *display: Any, **named: Any) -> Any:
+        """The image again with other display settings (``display``, ``named``: the settings of :class:`Display`; no model run)."""
         import gradio as gr
 
         if view is None:
             return gr.update()
         with user_errors(f"{self.name} display"):
-            image = self.draw(view, opacity=opacity, plane=plane, index=index, window=window, center=center,
-                              width=width, composite=composite)  # fmt: skip
-            return self.outputs.png(image)
+            return self.outputs.png(self.draw(view, Display(*display, **named)))
 
-    def rethreshold(
-        self,
-        view: Any,
-        threshold: float,
-        opacity: float = 0.5,
-        plane: str = "axial",
-        index: int | None = None,
-        window: str = "soft_tissue",
-        center: float = 40.0,
-        width: float = 400.0,
-        composite: str = "natural",
-    ) -> tuple[Any, ...]:
-        """A new anomaly threshold: new mask, image, summary and downloads from the kept heat map."""
+    def rethreshold(self, view: Any, threshold: float, *display: Any, **named: Any) -> tuple[Any, ...]:
+        """A new anomaly threshold: new mask, image, summary and downloads from the kept heat map (``display``,
+        ``named``: the settings of :class:`Display`)."""
         import gradio as gr
 
         from unimae.apps.ui_render import with_threshold
@@ -535,10 +518,10 @@ class TaskPanel:
             if not np.isfinite(thr) or thr < 0:
                 raise InputError(f"threshold must be a non-negative number, got {threshold}")
             view = with_threshold(view, thr)
-            image = self.draw(view, opacity=opacity, plane=plane, index=index, window=window, center=center,
-                              width=width, composite=composite)  # fmt: skip
+            settings = Display(*display, **named)
+            image = self.draw(view, settings)
             name = view.pred.meta.get("path") or "input"
-            files, report = self.write(view.pred, Path(str(name)).name, opacity, view.extra)
+            files, report = self.write(view.pred, Path(str(name)).name, settings.opacity, view.extra)
             return self.outputs.png(image), self.summary(view), files, report, view
 
     def scale(self, view: Any) -> tuple[float | None, float]:
