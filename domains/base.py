@@ -35,6 +35,7 @@ from unimae.domains.layouts import local_dataset
 from unimae.domains.sample import (  # the data contract, re-exported (see __all__)
     DEFAULT_MAX_PIXELS,
     Sample,
+    SyntheticSamples,
     Transform,
     channel_list,
     check_pixel_limit,

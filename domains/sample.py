@@ -39,11 +39,12 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from torch.utils.data import Dataset
 
-from unimae.core.errors import InputError
+from unimae.core.errors import InputError, look_up
 
 __all__ = [
     "Sample",
@@ -55,6 +56,7 @@ __all__ = [
     "kwargs_for",
     "size_pair",
     "sample_index",
+    "SyntheticSamples",
     "DEFAULT_MAX_PIXELS",
 ]
 
@@ -99,6 +101,38 @@ def sample_index(index: int, n: int) -> int:
     if not 0 <= i < n:
         raise IndexError(f"index {index} out of range for {n} samples")
     return i
+
+
+class SyntheticSamples(Dataset):
+    """The base of the domains' synthetic datasets: ``n`` samples in model space for one of :attr:`tasks`,
+    sample ``i`` a function of ``(seed, i)`` only (``np.random.default_rng([seed, i])``).
+
+    Every subclass takes these keywords after ``n`` (beside its own, such as ``size``):
+
+    - ``seed``: the dataset seed (>= 0).
+    - ``task``: one of :attr:`tasks` (what ``label`` and ``mask`` hold).
+    - ``lesion_prob``: the chance that a sample is abnormal, in [0, 1] (``0.0``: normal-only data for anomaly
+      training); None: :attr:`default_lesion_prob`.
+    """
+
+    tasks: ClassVar[tuple[str, ...]] = ("classify", "segment", "anomaly")
+    default_lesion_prob: ClassVar[float] = 0.5
+
+    def __init__(self, n: int, *, seed: int = 0, task: str = "segment", lesion_prob: float | None = None) -> None:
+        if int(n) < 0:
+            raise InputError(f"number of samples must be >= 0, got {n}")
+        if int(seed) < 0:
+            raise InputError(f"seed must be >= 0, got {seed}")
+        p = self.default_lesion_prob if lesion_prob is None else float(lesion_prob)
+        if not 0.0 <= p <= 1.0:
+            raise InputError(f"lesion_prob must be in [0, 1], got {lesion_prob}")
+        self.n = int(n)
+        self.seed = int(seed)
+        self.task = look_up(task, self.tasks, what="task")
+        self.lesion_prob = p
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def check_pixel_limit(shape: Sequence[int], path: str | Path | None = None, limit: int | None = None) -> None:

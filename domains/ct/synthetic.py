@@ -17,11 +17,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from unimae.core.errors import InputError, look_up
+from unimae.core.errors import InputError
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample, channel_list, sample_index
+from unimae.domains.base import Sample, SyntheticSamples, channel_list, sample_index
 from unimae.domains.ct.augment import resolve_size
 from unimae.domains.ct.preprocess import body_mask, normalization_record, resolve_window, window_to_model
 
@@ -142,7 +141,7 @@ def make_phantom(
     return hu, organs, lesions, body
 
 
-class SyntheticCT(Dataset):
+class SyntheticCT(SyntheticSamples):
     """``n`` synthetic CT volumes in model space (TorchGeo-style dataset).
 
     Args:
@@ -171,29 +170,17 @@ class SyntheticCT(Dataset):
         self,
         n: int,
         *,
-        seed: int = 0,
         size: int | Sequence[int] = 96,
-        task: str = "segment",
-        lesion_prob: float = 0.5,
         window: str | Sequence[float] = "soft_tissue",
         spacing: float = 1.5,
+        **common: Any,
     ) -> None:
-        if int(n) < 0:
-            raise InputError(f"n must be >= 0, got {n}")
-        self.n = int(n)
-        self.seed = int(seed)
+        super().__init__(n, **common)  # seed, task, lesion_prob
         self.size = resolve_size(size, "size", minimum=16)
-        self.task = look_up(task, self.tasks, what="CT synthetic task")
-        if not 0.0 <= float(lesion_prob) <= 1.0:
-            raise InputError(f"lesion_prob must be in [0, 1], got {lesion_prob}")
-        self.lesion_prob = float(lesion_prob)
         self.center, self.width, self.preset = resolve_window(window)
         if not float(spacing) > 0:
             raise InputError(f"spacing must be positive, got {spacing}")
         self.spacing = float(spacing)
-
-    def __len__(self) -> int:
-        return self.n
 
     @property
     def affine(self) -> np.ndarray:

@@ -24,11 +24,9 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from unimae.core.errors import InputError, look_up
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample, channel_list, sample_index
+from unimae.domains.base import Sample, SyntheticSamples, channel_list, sample_index
 from unimae.domains.fundus.augment import as_hw
 from unimae.domains.fundus.preprocess import CHANNEL_NAMES, NOMINAL_WAVELENGTHS, preprocess_fundus
 
@@ -280,7 +278,7 @@ def render_fundus(
     return FundusScene(rgb, fov, vessels, lesions, grade, (disc_y, disc_x, disc_r), (cy, cx, R), lesion_list)
 
 
-class SyntheticFundus(Dataset):
+class SyntheticFundus(SyntheticSamples):
     """A deterministic dataset of synthetic fundus samples already in model space.
 
     Sample ``i`` depends only on ``(seed, i)``; it is rendered when indexed (nothing is precomputed).
@@ -312,28 +310,15 @@ class SyntheticFundus(Dataset):
         self,
         n: int,
         *,
-        seed: int = 0,
         size: int | Sequence[int] | None = 224,
-        task: str = "segment",
-        lesion_prob: float | None = None,
         clahe: bool = False,
         green: float | bool = False,
         normalize: str = "imagenet",
+        **common: Any,
     ) -> None:
-        if int(n) < 0:
-            raise InputError(f"number of samples must be >= 0, got {n}")
-        self.n = int(n)
-        self.seed = int(seed)
+        super().__init__(n, **common)  # seed, task, lesion_prob
         self.size = as_hw(224 if size is None else size, "size")
-        self.task = look_up(task, self.tasks, what="task")
-        p = self.default_lesion_prob if lesion_prob is None else float(lesion_prob)
-        if not 0.0 <= p <= 1.0:
-            raise InputError(f"lesion_prob must be in [0, 1], got {lesion_prob}")
-        self.lesion_prob = p
         self.preprocess_kw = {"clahe": bool(clahe), "green": green, "normalize": normalize}
-
-    def __len__(self) -> int:
-        return self.n
 
     def scene(self, index: int) -> FundusScene:
         """The raw rendering (RGB in [0, 1] and ground truth) of sample ``index``."""

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from unimae.core.errors import look_up
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample, sample_index
+from unimae.domains.base import Sample, SyntheticSamples, sample_index
 from unimae.domains.multispectral.bands import BAND_PRESETS, SENSOR_BANDS, get_preset, preset_channels
 from unimae.domains.multispectral.stats import normalization_for
 
@@ -95,7 +93,7 @@ def _smooth_field(rng: np.random.Generator, cells: tuple[int, int], size: tuple[
     return cv2.resize(coarse, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
 
 
-class SyntheticScenes(Dataset):
+class SyntheticScenes(SyntheticSamples):
     """A deterministic, lazily generated dataset of synthetic multispectral scenes (see module docstring).
 
     Parameters
@@ -118,20 +116,11 @@ class SyntheticScenes(Dataset):
     pixel_size: float = 10.0  # metres
     epsg: int = 32633  # WGS 84 / UTM zone 33N
 
-    def __init__(
-        self,
-        n: int,
-        *,
-        seed: int = 0,
-        size: int | Sequence[int] = 96,
-        task: str = "segment",
-        lesion_prob: float | None = None,
-        bands: str = "sentinel2_l1c",
-    ) -> None:
-        if int(n) < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        self.n = int(n)
-        self.seed = int(seed)
+    tasks: ClassVar[tuple[str, ...]] = _TASKS
+    default_lesion_prob: ClassVar[float] = _DEFAULT_LESION_PROB
+
+    def __init__(self, n: int, *, size: int | Sequence[int] = 96, bands: str = "sentinel2_l1c", **common: Any) -> None:
+        super().__init__(n, **common)  # seed, task, lesion_prob
         if isinstance(size, (int, np.integer)):
             self.size = (int(size), int(size))
         else:
@@ -141,10 +130,6 @@ class SyntheticScenes(Dataset):
             self.size = vals
         if min(self.size) < 8:
             raise ValueError(f"size must be at least 8 pixels, got {self.size}")
-        self.task = look_up(task, _TASKS, what="task")
-        self.lesion_prob = _DEFAULT_LESION_PROB if lesion_prob is None else float(lesion_prob)
-        if not 0.0 <= self.lesion_prob <= 1.0:
-            raise ValueError(f"lesion_prob must be in [0, 1], got {lesion_prob}")
         preset = get_preset(bands)
         self.bands = bands
         self.channels = preset_channels(bands)
@@ -158,9 +143,6 @@ class SyntheticScenes(Dataset):
         self.normalization = normalization_for(names, table=preset["stats"])
         self._mean = np.asarray(self.normalization["mean"], dtype=np.float32)[:, None, None]
         self._std = np.asarray(self.normalization["std"], dtype=np.float32)[:, None, None]
-
-    def __len__(self) -> int:
-        return self.n
 
     # -- generation ------------------------------------------------------------------------------
     def _class_map(self, rng: np.random.Generator) -> np.ndarray:

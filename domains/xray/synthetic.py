@@ -25,11 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from unimae.core.errors import InputError, look_up
 from unimae.core.tasks import get_task
-from unimae.domains.base import Sample, channel_list, sample_index, size_pair
+from unimae.domains.base import Sample, SyntheticSamples, channel_list, sample_index, size_pair
 from unimae.domains.xray.intensity import normalization_spec, normalize
 
 __all__ = ["SyntheticChestXRay", "chest_xray", "ChestPhantom", "FINDINGS", "SEG_CLASSES"]
@@ -207,7 +205,7 @@ def chest_xray(
     return ChestPhantom(img, lungs, heart & body, nodules, consol, findings, float(ctr))
 
 
-class SyntheticChestXRay(Dataset):
+class SyntheticChestXRay(SyntheticSamples):
     """``n`` synthetic chest radiographs in model space; sample ``i`` depends only on ``(seed, i)``.
 
     Args:
@@ -235,27 +233,13 @@ class SyntheticChestXRay(Dataset):
         self,
         n: int = 256,
         *,
-        seed: int = 0,
         size: int | Sequence[int] = 224,
-        task: str = "segment",
-        lesion_prob: float = 0.5,
         normalize: str | Sequence[float] = "default",
+        **common: Any,
     ) -> None:
-        if int(n) < 0:
-            raise InputError(f"number of samples must be >= 0, got {n}")
-        if int(seed) < 0:
-            raise InputError(f"seed must be >= 0, got {seed}")
-        if not 0.0 <= float(lesion_prob) <= 1.0:
-            raise InputError(f"lesion_prob must be in [0, 1], got {lesion_prob}")
-        self.n = int(n)
-        self.seed = int(seed)
+        super().__init__(n, **common)  # seed, task, lesion_prob
         self.size = _size_hw(size)
-        self.task = look_up(task, self.tasks, what="task")
-        self.lesion_prob = float(lesion_prob)
         self.normalization = normalization_spec(normalize, channels=1)
-
-    def __len__(self) -> int:
-        return self.n
 
     @property
     def mask_names(self) -> tuple[str, ...]:
