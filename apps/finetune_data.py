@@ -201,7 +201,7 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
     # validation samples (model space, full size)
     val: Dataset | None = None
     val_source: str | None = None
-    syn_kw = kwargs_for(plugin.synthetic, d)
+    syn_kw = plugin.synthetic_kwargs(d)
     if (train_src is None and not _is_source(val_src)) or _is_synthetic(val_src):
         lp = val_lp if task_def.trains_on_normal else train_lp
         val = plugin.synthetic(

@@ -129,6 +129,10 @@ class DomainPlugin(ABC):
     class_names:     class names of the synthetic classification labels
     seg_class_names: class names of the synthetic segmentation labels (index 0 = background)
     multi_label:     True if classification labels are multi-hot (X-ray findings)
+    synthetic_data:  the :class:`SyntheticSamples` class that :meth:`synthetic` builds (None: the plugin
+                     implements :meth:`synthetic` itself)
+    synthetic_options: the keywords of ``synthetic_data`` that :meth:`synthetic` passes on besides ``seed``,
+                     ``size``, ``task`` and ``lesion_prob`` (e.g. the preprocessing the samples follow)
 
     Preprocessing and training
     --------------------------
@@ -174,6 +178,8 @@ class DomainPlugin(ABC):
     class_names: ClassVar[tuple[str, ...]] = ()
     seg_class_names: ClassVar[tuple[str, ...]] = ()
     multi_label: ClassVar[bool] = False
+    synthetic_data: ClassVar[type[SyntheticSamples] | None] = None
+    synthetic_options: ClassVar[tuple[str, ...]] = ()
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
     display: ClassVar[str | None] = None
     windows: ClassVar[dict[str, tuple[float, float]]] = {}
@@ -262,7 +268,6 @@ class DomainPlugin(ABC):
         ``mask`` move with the image; padding is marked invalid.
         """
 
-    @abstractmethod
     def synthetic(
         self,
         n: int,
@@ -271,6 +276,7 @@ class DomainPlugin(ABC):
         size: int | Sequence[int] | None = None,
         task: str = "segment",
         lesion_prob: float | None = None,
+        **options: Any,
     ) -> Dataset:
         """A deterministic dataset of ``n`` synthetic :class:`Sample` already in model space.
 
@@ -278,8 +284,25 @@ class DomainPlugin(ABC):
         ``label`` (index into ``class_names``, or multi-hot for multi-label domains); ``"segment"`` sets
         ``mask`` (indices into ``seg_class_names``); ``"anomaly"`` sets ``mask`` to the lesion/anomaly
         mask and ``label`` to 0/1. ``lesion_prob`` is the chance that a sample has lesions/anomalies
-        (``0.0`` gives normal-only data for anomaly training); ``None`` uses the domain default.
+        (``0.0`` gives normal-only data for anomaly training); ``None`` uses the domain default, as does
+        ``size=None``. ``options``: those named in :attr:`synthetic_options`.
+
+        Builds :attr:`synthetic_data`; a plugin without one implements this method itself, with this signature.
         """
+        unknown = [k for k in options if k not in self.synthetic_options]
+        if unknown:
+            raise TypeError(f"synthetic() got an unexpected keyword argument {unknown[0]!r}")
+        if self.synthetic_data is None:
+            raise NotImplementedError(f"the {self.name} domain has no synthetic data: set synthetic_data")
+        sized = {} if size is None else {"size": size}
+        return self.synthetic_data(n, seed=seed, task=task, lesion_prob=lesion_prob, **sized, **options)
+
+    def synthetic_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``kwargs`` (e.g. a config's ``data`` section) that :meth:`synthetic` takes by name."""
+        if self.synthetic_data is None:  # the plugin's own synthetic(): its signature says
+            return kwargs_for(self.synthetic, dict(kwargs))
+        names = ("seed", "size", "task", "lesion_prob", *self.synthetic_options)
+        return {k: v for k, v in kwargs.items() if k in names}
 
     # -- results ---------------------------------------------------------------------------------
     def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
@@ -441,7 +464,7 @@ class DomainPlugin(ABC):
         transform = self.augment(train=train, input_size=input_size, **kwargs_for(self.augment, kwargs))
         if source is None or str(source).lower() in ("", "none", "null", "synthetic"):
             split_seed = seed if train else seed + 100_003
-            samples = self.synthetic(num_samples, seed=split_seed, size=input_size, **kwargs_for(self.synthetic, kwargs))
+            samples = self.synthetic(num_samples, seed=split_seed, size=input_size, **self.synthetic_kwargs(kwargs))
         else:
             samples = local_dataset(self, source, split=split, **kwargs)
         return TrainingView(samples, transform, seed=seed)

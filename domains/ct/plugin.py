@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from unimae.core.errors import InputError, look_up
+from unimae.core.errors import InputError
 from unimae.domains.base import DomainPlugin, ResultFile, Sample, channel_list, check_pixel_limit, result_kind
 from unimae.domains.ct.examples import write_examples as _write_examples
 from unimae.domains.ct.augment import CTAugment
@@ -73,6 +73,9 @@ class CTPlugin(DomainPlugin):
     windows: ClassVar[dict[str, tuple[float, float]]] = dict(WINDOWS)
     presets: ClassVar[dict[str, dict[str, Any]]] = {name: {"window": cw} for name, cw in WINDOWS.items()}
     seg_class_names: ClassVar[tuple[str, ...]] = SEG_CLASS_NAMES
+    #: phantom CTs in model space (96³, lesion_prob 0.5), in a CT ``window`` as ``preprocess``'s
+    synthetic_data: ClassVar[type[SyntheticCT]] = SyntheticCT
+    synthetic_options: ClassVar[tuple[str, ...]] = ("window",)
     recipes: ClassVar[dict[str, dict[str, Any]]] = {
         # 3D MAE for CT: 16^3 patches on 96^3 crops at 1.5 mm, soft-tissue window
         "pretrain": {"patch_size": 16, "input_size": 96, "mask_ratio": 0.75, "window": "soft_tissue",
@@ -236,27 +239,6 @@ class CTPlugin(DomainPlugin):
     ) -> CTAugment:
         """MONAI pad + random crop + random flips (``train``) or pad + centre crop, seeded per call."""
         return CTAugment(train=train, input_size=input_size, flip_axes=flip_axes, flip_prob=flip_prob)
-
-    def synthetic(
-        self,
-        n: int,
-        *,
-        seed: int = 0,
-        size: int | Sequence[int] | None = 96,
-        task: str = "segment",
-        lesion_prob: float | None = None,
-        window: str | Sequence[float] = "soft_tissue",
-    ) -> SyntheticCT:
-        """``n`` phantom CTs in model space (see :class:`SyntheticCT`); ``lesion_prob`` defaults to 0.5."""
-        task = look_up(task, self.tasks, what="CT task")
-        return SyntheticCT(
-            n,
-            seed=seed,
-            size=96 if size is None else size,
-            task=task,
-            lesion_prob=0.5 if lesion_prob is None else lesion_prob,
-            window=window,
-        )
 
     def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
         """A result on the grid of ``meta`` (reoriented / resampled) resampled onto the source affine and shape:

@@ -62,6 +62,9 @@ class FundusPlugin(DomainPlugin):
     }
     class_names: ClassVar[tuple[str, ...]] = SyntheticFundus.class_names
     seg_class_names: ClassVar[tuple[str, ...]] = SyntheticFundus.seg_class_names
+    #: synthetic photographs in model space (224 px), preprocessed with ``clahe`` / ``green`` as ``preprocess``
+    synthetic_data: ClassVar[type[SyntheticFundus]] = SyntheticFundus
+    synthetic_options: ClassVar[tuple[str, ...]] = ("clahe", "green")
     multi_label: ClassVar[bool] = False
     all_band_names: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
     rgb_bands: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
@@ -224,28 +227,6 @@ class FundusPlugin(DomainPlugin):
             contrast=contrast,
             crop_to_fov=crop_to_fov,
             crop=crop,
-        )
-
-    def synthetic(
-        self,
-        n: int,
-        *,
-        seed: int = 0,
-        size: int | Sequence[int] | None = None,
-        task: str = "segment",
-        lesion_prob: float | None = None,
-        clahe: bool = False,
-        green: float | bool = False,
-    ) -> SyntheticFundus:
-        """:class:`~unimae.domains.fundus.synthetic.SyntheticFundus`: ``n`` seeded samples in model space."""
-        return SyntheticFundus(
-            n,
-            seed=seed,
-            size=224 if size is None else size,
-            task=task,
-            lesion_prob=lesion_prob,
-            clahe=clahe,
-            green=green,
         )
 
     def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:

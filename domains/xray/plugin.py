@@ -52,6 +52,9 @@ class XRayPlugin(DomainPlugin):
     tasks: ClassVar[tuple[str, ...]] = ("classify", "segment", "anomaly")
     class_names: ClassVar[tuple[str, ...]] = FINDINGS
     seg_class_names: ClassVar[tuple[str, ...]] = SEG_CLASSES
+    #: synthetic chest radiographs in model space (224 px, lesion_prob 0.5), normalised like ``preprocess``
+    synthetic_data: ClassVar[type[SyntheticChestXRay]] = SyntheticChestXRay
+    synthetic_options: ClassVar[tuple[str, ...]] = ("normalize",)
     multi_label: ClassVar[bool] = True
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {"normalize": "default"},
@@ -67,7 +70,6 @@ class XRayPlugin(DomainPlugin):
                      "normalize": "default",
                      "segment_mode": "resize"},
     }
-    default_lesion_prob: ClassVar[float] = 0.5
     title: ClassVar[str] = "X-ray"
     description: ClassVar[str] = (
         "Chest radiographs: **DICOM** (MONOCHROME1/2, VOI LUT) or 8/16-bit **PNG** / **JPEG**. Results come back "
@@ -223,26 +225,6 @@ class XRayPlugin(DomainPlugin):
             contrast=contrast,
             hflip=hflip,
             flip_label_pairs=flip_label_pairs,
-        )
-
-    def synthetic(
-        self,
-        n: int,
-        *,
-        seed: int = 0,
-        size: int | Sequence[int] | None = None,
-        task: str = "segment",
-        lesion_prob: float | None = None,
-        normalize: str | Sequence[float] = "default",
-    ) -> SyntheticChestXRay:
-        """``n`` synthetic chest radiographs in model space (see :class:`SyntheticChestXRay`)."""
-        return SyntheticChestXRay(
-            n,
-            seed=seed,
-            size=224 if size is None else size,
-            task=task,
-            lesion_prob=self.default_lesion_prob if lesion_prob is None else lesion_prob,
-            normalize=normalize,
         )
 
     # -- results ---------------------------------------------------------------------------------
