@@ -235,17 +235,9 @@ class MultispectralPlugin(DomainPlugin):
         """Synthetic Sentinel-2 scenes as GeoTIFF: land cover with a nodata corner, spectral anomalies."""
         return _write_examples(dest, seed=seed, **settings)
 
-    def plot(
-        self,
-        sample: Sample,
-        prediction: torch.Tensor | None = None,
-        *,
-        composite: str = "natural",
-        class_names: Sequence[str] | None = None,
-        alpha: float = 0.5,
-    ):
-        """RGB composite (``"natural"`` B04/B03/B02 or ``"false_color"`` B08/B04/B03) with overlay and legend."""
-        return plot_sample(sample, prediction, composite=composite, class_names=class_names, alpha=alpha)
+    #: the RGB composite (``"natural"`` B04/B03/B02 or ``"false_color"`` B08/B04/B03) with overlay and legend
+    #: (:func:`~unimae.domains.multispectral.plotting.plot_sample`, called as it is)
+    plot = staticmethod(plot_sample)
 
 
 def _stats_table_for(names: Sequence[str], modality: str | None) -> str | None:
