@@ -28,6 +28,7 @@ from unimae.domains.ct.geometry import (
     to_ras_for_display,
 )
 from unimae.domains.ct.nifti import is_nifti_path, read_nifti, read_nifti_labels, write_nifti
+from unimae.domains.ct.plot import plot_ct
 from unimae.domains.ct.preprocess import WINDOWS, preprocess_ct, source_grid_of, to_source_grid
 from unimae.domains.ct.synthetic import SEG_CLASS_NAMES, SyntheticCT
 from unimae.domains.display import in_model_space, stretch, valid_np
@@ -293,19 +294,9 @@ class CTPlugin(DomainPlugin):
             data = to_source_grid(arr[None], meta, mode="bilinear")[0].numpy().astype(np.float32)
         return write_nifti(data, src_affine, path, codes=meta.get("nifti_codes"), is_label=kind == "labels")
 
-    def plot(
-        self,
-        sample: Sample,
-        prediction: torch.Tensor | None = None,
-        *,
-        class_names: Sequence[str] | None = None,
-        alpha: float = 0.45,
-        title: str | None = None,
-    ):
-        """Axial / coronal / sagittal middle slices with ``prediction`` (or ``sample.mask``) overlaid."""
-        from unimae.domains.ct.plot import plot_ct
-
-        return plot_ct(sample, prediction, class_names=class_names, alpha=alpha, title=title)
+    #: axial / coronal / sagittal middle slices with ``prediction`` (or ``sample.mask``) overlaid
+    #: (:func:`~unimae.domains.ct.plot.plot_ct`, called as it is)
+    plot = staticmethod(plot_ct)
 
     # -- display ---------------------------------------------------------------------------------
     def display_image(self, sample: Sample, *, window: tuple[float, float] | None = None) -> np.ndarray:
