@@ -44,17 +44,41 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-threshold", type=float, default=None, help="anomaly image-score threshold (default: calibrated)")
 
 
-def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``unimae evaluate`` to an argparse ``subparsers`` object; it runs :func:`unimae.apps.evaluate.run_evaluate`."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="score a fine-tuned model on labelled data",
-        description="Evaluate a classification, segmentation or anomaly checkpoint on a CSV manifest, a folder "
+#: ``unimae evaluate`` and ``unimae predict``: (help, description, module, function that runs it)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "evaluate": (
+        "score a fine-tuned model on labelled data",
+        "Evaluate a classification, segmentation or anomaly checkpoint on a CSV manifest, a folder "
         "(class folders, images + masks) or fresh synthetic data. Writes OUT/metrics.json, OUT/per_case.csv and "
         "plots (confusion matrix and ROC; per-class Dice; anomaly ROC). Segmentation and anomaly maps are "
         "compared with the masks on each file's own grid, inside its valid region.",
-    )
+        "unimae.apps.evaluate",
+        "run_evaluate",
+    ),
+    "predict": (
+        "run a fine-tuned model over files or a folder",
+        "Run a classification, segmentation or anomaly checkpoint over a file, a DICOM series "
+        "folder or a folder of inputs. Results keep the input's geometry: NIfTI with the source affine, "
+        "GeoTIFF with the source CRS/transform/nodata (streamed for large scenes), PNG for pictures, plus "
+        "PNG overlays, a JSON report per input and OUTPUT/predictions.csv.",
+        "unimae.apps.predict",
+        "run_predict",
+    ),
+}
+
+
+def _checkpoint_command(subparsers: Any, name: str) -> argparse.ArgumentParser:
+    """The parser of :data:`COMMANDS` ``[name]``, with the ``--checkpoint`` it runs and the function it calls."""
+    help_text, description, module, function = COMMANDS[name]
+    p = subparsers.add_parser(name, help=help_text, description=description)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (NAME, NAME.json or NAME.safetensors)")
+    p.set_defaults(func=_deferred(module, function))
+    return p
+
+
+def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``unimae evaluate`` to an argparse ``subparsers`` object; it runs :func:`unimae.apps.evaluate.run_evaluate`."""
+    p = _checkpoint_command(subparsers, "evaluate")
     p.add_argument("--data", required=True, metavar="MANIFEST_OR_FOLDER",
                    help="a CSV manifest, a dataset folder, or 'synthetic'")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -70,26 +94,16 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="segmentation: mask value of unlabelled pixels, not scored (e.g. 255)")  # fmt: skip
     add_device_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_deferred("unimae.apps.evaluate", "run_evaluate"))
     return p
 
 
 def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``unimae predict`` to an argparse ``subparsers`` object; it runs :func:`unimae.apps.predict.run_predict`."""
-    p = subparsers.add_parser(
-        "predict",
-        help="run a fine-tuned model over files or a folder",
-        description="Run a classification, segmentation or anomaly checkpoint over a file, a DICOM series "
-        "folder or a folder of inputs. Results keep the input's geometry: NIfTI with the source affine, "
-        "GeoTIFF with the source CRS/transform/nodata (streamed for large scenes), PNG for pictures, plus "
-        "PNG overlays, a JSON report per input and OUTPUT/predictions.csv.",
-    )
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (NAME, NAME.json or NAME.safetensors)")
+    p = _checkpoint_command(subparsers, "predict")
     p.add_argument("--input", required=True, metavar="FILE_OR_FOLDER", help="an input file, a DICOM series folder or a folder of inputs")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     add_threshold_args(p)
     add_device_args(p)
     p.add_argument("--probabilities", action="store_true", help="GeoTIFF segmentation: also write per-class probabilities")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_deferred("unimae.apps.predict", "run_predict"))
     return p

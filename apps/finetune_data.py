@@ -19,7 +19,7 @@ from unimae.apps.finetune_config import _DEFAULT_INPUT, SYNTHETIC_VAL_OFFSET, _c
 from unimae.core.errors import InputError
 from unimae.core.patch_embed import to_tuple
 from unimae.core.tasks import get_task
-from unimae.domains.base import DomainPlugin, Sample, kwargs_for
+from unimae.domains.base import DomainPlugin, Sample
 from unimae.domains.datasets import (
     DEFAULT_VAL_FRACTION,
     LocalDataset,
@@ -256,7 +256,7 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
         check_classes(samples, None, where=train_src)
 
     first = samples[0]
-    eval_transform = plugin.augment(train=False, input_size=input_size, **kwargs_for(plugin.augment, d))
+    eval_transform = plugin.augment(train=False, input_size=input_size, **plugin.augment_kwargs(d))
     return FinetuneData(
         train=train, val=val, eval_transform=eval_transform, class_names=[str(c) for c in class_names],
         multi_label=multi_label, input_size=tuple(int(s) for s in size),

@@ -64,7 +64,7 @@ def data_keys(
     """``handled`` (default :data:`DATA_KEYS`) plus the keyword arguments of the plugin's readers, transforms
     and generator and of the dataset reader, but for the arguments the protocol fills in (``protocol``)."""
     keys = dict.fromkeys(handled)
-    for fn in (plugin.augment, plugin.synthetic, plugin.read, plugin.preprocess, local_dataset):
+    for fn in (plugin.augment_builder, plugin.synthetic, plugin.read, plugin.preprocess, local_dataset):
         keys.update(dict.fromkeys(named_params(fn, protocol)))
     return list(keys)
 

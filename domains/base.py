@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -136,6 +136,9 @@ class DomainPlugin(ABC):
 
     Preprocessing and training
     --------------------------
+    augment_class:   the seeded transform that :meth:`augment` builds, ``cls(train=, input_size=, **options)``; its
+                     other keyword arguments are the ``data`` keys a config may set (None: the plugin implements
+                     :meth:`augment` itself)
     presets:         named preprocessing presets (e.g. CT windows), each a dict of ``preprocess`` kwargs
     recipes:         training defaults from the papers, ``{"pretrain": {...}, "finetune": {...}}`` with
                      keys such as ``patch_size``, ``input_size``, ``mask_ratio``, ``crop_scale``,
@@ -180,6 +183,7 @@ class DomainPlugin(ABC):
     multi_label: ClassVar[bool] = False
     synthetic_data: ClassVar[type[SyntheticSamples] | None] = None
     synthetic_options: ClassVar[tuple[str, ...]] = ()
+    augment_class: ClassVar[type | None] = None
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
     display: ClassVar[str | None] = None
     windows: ClassVar[dict[str, tuple[float, float]]] = {}
@@ -260,13 +264,28 @@ class DomainPlugin(ABC):
         """The channel list (``[{"name", "wavelength"}]``) of a named band preset, for ``model.channels: NAME``."""
         raise InputError(f"the {self.name} domain has no channel presets; give model.channels as a list")
 
-    @abstractmethod
-    def augment(self, *, train: bool, input_size: int | Sequence[int], **kwargs: Any) -> Transform:
+    def augment(self, *, train: bool, input_size: int | Sequence[int], **options: Any) -> Transform:
         """A seeded transform ``(sample, seed) -> sample`` producing fixed ``input_size`` crops.
 
         Random crops/flips when ``train``; a deterministic centre crop or pad otherwise. ``valid`` and
-        ``mask`` move with the image; padding is marked invalid.
+        ``mask`` move with the image; padding is marked invalid. Builds :attr:`augment_class` with
+        ``options`` (its keyword arguments); a plugin without one implements this method itself.
         """
+        if self.augment_class is None:
+            raise NotImplementedError(f"the {self.name} domain has no transform: set augment_class")
+        return self.augment_class(train=train, input_size=input_size, **options)
+
+    @property
+    def augment_builder(self) -> Callable[..., Transform]:
+        """What :meth:`augment` calls, whose keyword arguments name its options: :attr:`augment_class`, or the
+        plugin's own :meth:`augment`."""
+        if type(self).augment is DomainPlugin.augment and self.augment_class is not None:
+            return self.augment_class
+        return self.augment
+
+    def augment_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``kwargs`` (e.g. a config's ``data`` section) that :meth:`augment` takes by name."""
+        return kwargs_for(self.augment_builder, dict(kwargs))
 
     def synthetic(
         self,
@@ -461,7 +480,7 @@ class DomainPlugin(ABC):
         val differ); otherwise ``source`` is a folder or a CSV manifest read through this plugin.
         """
         train = split == "train"
-        transform = self.augment(train=train, input_size=input_size, **kwargs_for(self.augment, kwargs))
+        transform = self.augment(train=train, input_size=input_size, **self.augment_kwargs(kwargs))
         if source is None or str(source).lower() in ("", "none", "null", "synthetic"):
             split_seed = seed if train else seed + 100_003
             samples = self.synthetic(num_samples, seed=split_seed, size=input_size, **self.synthetic_kwargs(kwargs))

@@ -77,6 +77,7 @@ class CTPlugin(DomainPlugin):
     #: phantom CTs in model space (96³, lesion_prob 0.5), in a CT ``window`` as ``preprocess``'s
     synthetic_data: ClassVar[type[SyntheticCT]] = SyntheticCT
     synthetic_options: ClassVar[tuple[str, ...]] = ("window",)
+    augment_class: ClassVar[type[CTAugment]] = CTAugment
     recipes: ClassVar[dict[str, dict[str, Any]]] = {
         # 3D MAE for CT: 16^3 patches on 96^3 crops at 1.5 mm, soft-tissue window
         "pretrain": {"patch_size": 16, "input_size": 96, "mask_ratio": 0.75, "window": "soft_tissue",
@@ -229,17 +230,6 @@ class CTPlugin(DomainPlugin):
     #: :attr:`presets` (soft_tissue 400/40, lung 1500/-600, bone 2500/480, liver 150/90, brain 80/40) or a
     #: ``(center, width)`` pair (:func:`~unimae.domains.ct.preprocess.preprocess_ct`, called as it is)
     preprocess = staticmethod(preprocess_ct)
-
-    def augment(
-        self,
-        *,
-        train: bool,
-        input_size: int | Sequence[int] = 96,
-        flip_axes: Sequence[int] = (0, 1, 2),
-        flip_prob: float = 0.5,
-    ) -> CTAugment:
-        """MONAI pad + random crop + random flips (``train``) or pad + centre crop, seeded per call."""
-        return CTAugment(train=train, input_size=input_size, flip_axes=flip_axes, flip_prob=flip_prob)
 
     def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
         """A result on the grid of ``meta`` (reoriented / resampled) resampled onto the source affine and shape:

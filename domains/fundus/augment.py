@@ -49,8 +49,8 @@ class FundusTransform:
     Args:
         train: random augmentation if True, else the deterministic letterbox.
         input_size: output size, int or ``(height, width)``.
-        scale: area range of the random resized crop (fraction of the FOV box).
-        ratio: aspect-ratio range of the random resized crop.
+        crop_scale: area range of the random resized crop (fraction of the FOV box).
+        crop_ratio: aspect-ratio range of the random resized crop.
         flip: random horizontal and vertical flips (each p = 0.5).
         rotate: maximum rotation in degrees (0 disables).
         brightness: maximum brightness shift, in units of the [0, 1] intensity range.
@@ -58,7 +58,7 @@ class FundusTransform:
         crop_to_fov: crop to the FOV bounding box before anything else.
         crop: ``"fov"`` (train: a random resized crop of the FOV box, so the model sees the whole
             fundus at ``input_size``; eval: the letterbox) or ``"native"`` (train: ``input_size`` crops at
-            the image's own scale, within ``scale`` as a zoom range, e.g. ``(0.8, 1.25)``; eval: the whole
+            the image's own scale, within ``crop_scale`` as a zoom range, e.g. ``(0.8, 1.25)``; eval: the whole
             image unchanged, for sliding-window inference). Use ``"native"`` for thin structures
             (vessels), with ``fov_diameter`` in preprocessing to fix the scale across cameras.
     """
@@ -68,8 +68,8 @@ class FundusTransform:
         *,
         train: bool,
         input_size: int | Sequence[int] = 224,
-        scale: Sequence[float] = (0.6, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        crop_scale: Sequence[float] = (0.6, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         flip: bool = True,
         rotate: float = 15.0,
         brightness: float = 0.1,
@@ -80,12 +80,12 @@ class FundusTransform:
         self.train = bool(train)
         self.size = as_hw(input_size)
         self.crop = look_up(str(crop), ("fov", "native"), what="fundus crop")
-        lo, hi = (float(s) for s in scale)
+        lo, hi = (float(s) for s in crop_scale)
         if self.crop == "native":
             if not 0.0 < lo <= hi:
-                raise InputError(f"native crop zoom range must satisfy 0 < low <= high, got {tuple(scale)}")
+                raise InputError(f"native crop zoom range must satisfy 0 < low <= high, got {tuple(crop_scale)}")
         elif not 0.0 < lo <= hi <= 1.0:
-            raise InputError(f"crop scale must satisfy 0 < low <= high <= 1, got {tuple(scale)}")
+            raise InputError(f"crop scale must satisfy 0 < low <= high <= 1, got {tuple(crop_scale)}")
         self.brightness = float(brightness)
         self.contrast = float(contrast)
         self.crop_to_fov = bool(crop_to_fov)
@@ -109,7 +109,7 @@ class FundusTransform:
                 A.RandomResizedCrop(
                     size=(h, w),
                     scale=(lo, hi),
-                    ratio=(float(ratio[0]), float(ratio[1])),
+                    ratio=(float(crop_ratio[0]), float(crop_ratio[1])),
                     interpolation=cv2.INTER_LINEAR,
                     mask_interpolation=cv2.INTER_NEAREST_EXACT,
                     p=1.0,

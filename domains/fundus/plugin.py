@@ -65,6 +65,7 @@ class FundusPlugin(DomainPlugin):
     #: synthetic photographs in model space (224 px), preprocessed with ``clahe`` / ``green`` as ``preprocess``
     synthetic_data: ClassVar[type[SyntheticFundus]] = SyntheticFundus
     synthetic_options: ClassVar[tuple[str, ...]] = ("clahe", "green")
+    augment_class: ClassVar[type[FundusTransform]] = FundusTransform
     multi_label: ClassVar[bool] = False
     all_band_names: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
     rgb_bands: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
@@ -202,32 +203,6 @@ class FundusPlugin(DomainPlugin):
             if normalize == "imagenet":
                 normalize = chosen["normalize"]
         return preprocess_fundus(sample, clahe=clahe, green=green, normalize=normalize, fov_diameter=fov_diameter)
-
-    def augment(
-        self,
-        *,
-        train: bool,
-        input_size: int | Sequence[int] = 224,
-        crop_scale: Sequence[float] = (0.6, 1.0),
-        flip: bool = True,
-        rotate: float = 15.0,
-        brightness: float = 0.1,
-        contrast: float = 0.1,
-        crop_to_fov: bool = True,
-        crop: str = "fov",
-    ) -> Transform:
-        """A seeded :class:`~unimae.domains.fundus.augment.FundusTransform` (train: random; eval: letterbox)."""
-        return FundusTransform(
-            train=train,
-            input_size=input_size,
-            scale=crop_scale,
-            flip=flip,
-            rotate=rotate,
-            brightness=brightness,
-            contrast=contrast,
-            crop_to_fov=crop_to_fov,
-            crop=crop,
-        )
 
     def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
         """Undo the evaluation letterbox (``meta["letterbox"]``) and resize to the photograph's size."""

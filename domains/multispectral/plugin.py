@@ -57,6 +57,9 @@ class MultispectralPlugin(DomainPlugin):
         "finetune": {"patch_size": 8, "input_size": 96, "layer_decay": 0.75, "bands": "sentinel2_l1c",
                      "segment_mode": "sliding"},
     }
+    synthetic_data: ClassVar[type[SyntheticScenes]] = SyntheticScenes
+    synthetic_options: ClassVar[tuple[str, ...]] = ("bands",)
+    augment_class: ClassVar[type[SceneAugment]] = SceneAugment
     # TorchGeo-style band metadata
     all_band_names: ClassVar[tuple[str, ...]] = tuple(BAND_PRESETS["sentinel2_l1c"]["bands"])
     rgb_bands: ClassVar[tuple[str, ...]] = ("B04", "B03", "B02")
@@ -166,24 +169,6 @@ class MultispectralPlugin(DomainPlugin):
         meta = dict(sample.meta)
         meta["normalization"] = norm
         return sample.replace(image=image, meta=meta)
-
-    def augment(self, *, train: bool, input_size: int | Sequence[int] = 96, mask_fill: int = 0) -> Transform:
-        """Seeded albumentations crops/flips/rot90 for any band count (see :class:`SceneAugment`)."""
-        return SceneAugment(train=train, input_size=input_size, mask_fill=mask_fill)
-
-    def synthetic(
-        self,
-        n: int,
-        *,
-        seed: int = 0,
-        size: int | Sequence[int] | None = None,
-        task: str = "segment",
-        lesion_prob: float | None = None,
-        bands: str = "sentinel2_l1c",
-    ) -> SyntheticScenes:
-        """Synthetic land-cover scenes (default 96x96, 13 Sentinel-2 L1C bands); see :class:`SyntheticScenes`."""
-        return SyntheticScenes(n, seed=seed, size=96 if size is None else size, task=task,
-                               lesion_prob=lesion_prob, bands=bands)
 
     # -- results ---------------------------------------------------------------------------------
     def _write(

@@ -55,6 +55,7 @@ class XRayPlugin(DomainPlugin):
     #: synthetic chest radiographs in model space (224 px, lesion_prob 0.5), normalised like ``preprocess``
     synthetic_data: ClassVar[type[SyntheticChestXRay]] = SyntheticChestXRay
     synthetic_options: ClassVar[tuple[str, ...]] = ("normalize",)
+    augment_class: ClassVar[type[XRayAugment]] = XRayAugment
     multi_label: ClassVar[bool] = True
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {"normalize": "default"},
@@ -201,31 +202,6 @@ class XRayPlugin(DomainPlugin):
             meta["valid"] = torch.from_numpy(np.ones(sample.spatial_shape, dtype=bool))
         image = np.ascontiguousarray(normalize_unit(unit, spec), dtype=np.float32)
         return sample.replace(image=torch.from_numpy(image), meta=meta)
-
-    # -- training --------------------------------------------------------------------------------
-    def augment(
-        self,
-        *,
-        train: bool,
-        input_size: int | Sequence[int] = 224,
-        crop_scale: tuple[float, float] = (0.5, 1.0),
-        rotate: float = 10.0,
-        brightness: float = 0.1,
-        contrast: float = 0.1,
-        hflip: bool = False,
-        flip_label_pairs: Sequence[tuple[int, int]] = (),
-    ) -> XRayAugment:
-        """The seeded transform (see :class:`~unimae.domains.xray.augment.XRayAugment`)."""
-        return XRayAugment(
-            train=train,
-            input_size=input_size,
-            crop_scale=crop_scale,
-            rotate=rotate,
-            brightness=brightness,
-            contrast=contrast,
-            hflip=hflip,
-            flip_label_pairs=flip_label_pairs,
-        )
 
     # -- results ---------------------------------------------------------------------------------
     def to_source_grid(self, array: np.ndarray, meta: Mapping[str, Any], *, kind: str) -> np.ndarray:
