@@ -55,7 +55,8 @@ width/depth, ``r`` the MLP ratio, ``Te = 1 + V`` and ``Td = 1 + N`` sequence len
 MFU = step FLOPs / median step time / peak; the peak is ``--peak-tflops`` or a table of dense bf16
 peaks by GPU name (H100 SXM / H200 989 TFLOP/s, ...). fp32 figures are also divided by the bf16 peak.
 
-Run ``python benchmarks/mae_throughput.py --help``; see ``benchmarks/README.md``.
+Run ``python benchmarks/mae_throughput.py --help``; see ``benchmarks/README.md``. The MONAI side and the check
+that both compute the same function are in ``mae_reference.py``, the timing loop in ``timing.py``.
 """
 
 from __future__ import annotations
@@ -68,10 +69,8 @@ import os
 import platform
 import statistics
 import sys
-import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -79,8 +78,14 @@ from torch import nn
 
 from unimae.core.losses import mae_loss
 from unimae.core.mae import MaskedAutoencoder, build_mae
-from unimae.core.pos_embed import sincos_pos_embed
 from unimae.core.precision import autocast, cpu_supports_bf16, resolve_precision
+
+# the sibling modules import by name whether this file runs as a script (its folder is then sys.path[0]) or is
+# loaded by path with importlib (as the tests load the benchmarks)
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mae_reference import build_monai, check_equivalence, copy_monai_into_ours, monai_loss, monai_patchify  # noqa: E402
+from timing import min_median_max, run_alternating, timed_opt_step  # noqa: E402
 
 MASK_RATIO = 0.75
 LR = 1.5e-4
@@ -206,105 +211,6 @@ def build_ours(s: Setting) -> MaskedAutoencoder:
     )
 
 
-def build_monai(s: Setting) -> nn.Module:
-    try:
-        import einops  # noqa: F401  (MONAI's attention block needs it)
-    except ImportError as err:
-        raise SystemExit("MONAI's MaskedAutoEncoderViT needs einops: pip install einops") from err
-    from monai.networks.nets import MaskedAutoEncoderViT
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.meshgrid indexing warning inside MONAI
-        return MaskedAutoEncoderViT(
-            in_channels=s.in_chans,
-            img_size=s.img_size,
-            patch_size=s.patch,
-            hidden_size=s.embed_dim,
-            mlp_dim=int(s.embed_dim * s.mlp_ratio),
-            num_layers=s.depth,
-            num_heads=s.num_heads,
-            masking_ratio=MASK_RATIO,
-            decoder_hidden_size=s.decoder_dim,
-            decoder_mlp_dim=int(s.decoder_dim * s.mlp_ratio),
-            decoder_num_layers=s.decoder_depth,
-            decoder_num_heads=s.decoder_heads,
-            proj_type="conv",
-            pos_embed_type="sincos",
-            decoder_pos_embed_type="sincos",
-            spatial_dims=s.spatial_dims,
-            qkv_bias=True,  # as MAE and timm's Block in UniMAE
-        )
-
-
-def monai_to_ours_names(s: Setting) -> dict[str, str]:
-    """MONAI ``MaskedAutoEncoderViT`` parameter name -> UniMAE ``MaskedAutoencoder`` parameter name."""
-    names = {
-        "cls_token": "encoder.cls_token",
-        "patch_embedding.patch_embeddings.weight": "encoder.patch_embed.proj.weight",
-        "patch_embedding.patch_embeddings.bias": "encoder.patch_embed.proj.bias",
-        "mask_tokens": "mask_token",
-    }
-    block = {"norm1": "norm1", "attn.qkv": "attn.qkv", "attn.out_proj": "attn.proj", "norm2": "norm2",
-             "mlp.linear1": "mlp.fc1", "mlp.linear2": "mlp.fc2"}
-    for src, dst, depth, norm in (
-        ("blocks", "encoder.blocks", s.depth, "encoder.norm"),
-        ("decoder_blocks", "decoder_blocks", s.decoder_depth, "decoder_norm"),
-    ):
-        for i in range(depth):
-            for a, b in block.items():
-                for p in ("weight", "bias"):
-                    names[f"{src}.{i}.{a}.{p}"] = f"{dst}.{i}.{b}.{p}"
-        for p in ("weight", "bias"):  # MONAI appends the final LayerNorm to the nn.Sequential
-            names[f"{src}.{depth}.{p}"] = f"{norm}.{p}"
-    for layer in ("decoder_embed", "decoder_pred"):
-        for p in ("weight", "bias"):
-            names[f"{layer}.{p}"] = f"{layer}.{p}"
-    return names
-
-
-def copy_monai_into_ours(s: Setting, monai: nn.Module, ours: nn.Module) -> list[str]:
-    """Copy MONAI's weights into ours (both start identical); returns MONAI's parameters ours lacks.
-
-    Raises if any of our parameters is not covered or a shape differs: the architectures must match.
-    """
-    names = monai_to_ours_names(s)
-    m_params = dict(monai.named_parameters())
-    o_params = dict(ours.named_parameters())
-    mapped = set(names.values())
-    missing = sorted(set(o_params) - mapped)
-    if missing:
-        raise RuntimeError(f"UniMAE parameters with no MONAI counterpart: {missing[:5]}")
-    with torch.no_grad():
-        for src, dst in names.items():
-            a, b = m_params[src], o_params[dst]
-            if a.shape != b.shape:
-                raise RuntimeError(f"shape mismatch {src} {tuple(a.shape)} vs {dst} {tuple(b.shape)}")
-            b.copy_(a)
-    return sorted(set(m_params) - set(names))
-
-
-def monai_patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """MONAI-side target: ``(B, C, *S)`` -> ``(B, N, C * p^d)``, tokens in the row-major order of MONAI's
-    conv patch embedding (``flatten(2)``), values per patch in conv-kernel order ``(c, p1, p2[, p3])``
-    (einops: ``b c (h p1) (w p2) -> b (h w) (c p1 p2)``), the layout ``decoder_pred`` is trained against."""
-    b, c, *spatial = x.shape
-    nd = len(spatial)
-    grid = [sz // patch for sz in spatial]
-    shape = [b, c]
-    for g in grid:
-        shape += [g, patch]
-    x = x.reshape(shape)
-    perm = [0] + [2 + 2 * i for i in range(nd)] + [1] + [3 + 2 * i for i in range(nd)]
-    return x.permute(perm).reshape(b, math.prod(grid), c * patch**nd)
-
-
-def monai_loss(pred: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE per patch, averaged over the masked patches (``mask`` 1 = hidden, as MONAI returns it)."""
-    err = (pred.float() - target.float()).pow(2).mean(-1)
-    w = mask.to(err.dtype)
-    return (err * w).sum() / w.sum().clamp(min=1.0)
-
-
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
     """AdamW groups as in MAE: no weight decay on norms, biases and learned tokens (same rule both sides)."""
     decay, no_decay = [], []
@@ -315,74 +221,9 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def count_params(model: nn.Module) -> dict[str, int]:
-    params = list(model.parameters())
-    return {
-        "total": sum(p.numel() for p in params),
-        "trainable": sum(p.numel() for p in params if p.requires_grad),
-        "trained": sum(p.numel() for p in params if p.grad is not None),  # valid right after a backward
-    }
-
-
-# -- equivalence check -----------------------------------------------------------------------------
-def check_equivalence(s: Setting, ours: MaskedAutoencoder, monai: nn.Module, device: torch.device) -> dict[str, Any]:
-    """One fp32 forward/backward on both sides with identical weights, input and mask.
-
-    MONAI's fixed sin-cos tables order their channels differently (2D: ``[sin w, cos w, sin h, cos h]``
-    vs ours ``[sin h, cos h, sin w, cos w]``; 3D similarly), which changes no FLOP; for this check only,
-    MONAI's tables are temporarily replaced by ours so that both compute the same function.
-    Returns the largest prediction and loss differences and the parameter counts (with "trained" =
-    parameters that received a gradient).
-    """
-    b = 2
-    gen = torch.Generator().manual_seed(1234)
-    x = torch.randn(b, s.in_chans, *s.img_size, generator=gen).to(device)
-    pe = monai.patch_embedding.position_embeddings
-    dpe = monai.decoder_pos_embedding
-    saved = (pe.detach().clone(), dpe.detach().clone())
-    ours.zero_grad(set_to_none=True)
-    monai.zero_grad(set_to_none=True)
-    try:
-        with torch.no_grad():
-            pe.copy_(sincos_pos_embed(s.grid, s.embed_dim, device)[None])
-            dpe.copy_(sincos_pos_embed(s.grid, s.decoder_dim, device)[None])
-        torch.manual_seed(4321)  # MONAI draws its mask from the global RNG
-        pred_m, mask_m = monai(x)
-        loss_m = monai_loss(pred_m, mask_m, monai_patchify(x, s.patch))
-        loss_m.backward()
-        out = ours(x, mask=mask_m.bool())
-        loss_o = mae_loss(out, norm_pix=False)["loss"]
-        loss_o.backward()
-        pred_o = out["pred"].reshape(b, s.num_tokens, -1)
-        result = {
-            "max_abs_pred_diff": float((pred_o - pred_m).detach().abs().max()),
-            "pred_scale": float(pred_m.detach().abs().max()),
-            "loss_ours": float(loss_o.detach()),
-            "loss_monai": float(loss_m.detach()),
-            "params_ours": count_params(ours),
-            "params_monai": count_params(monai),
-        }
-    finally:
-        with torch.no_grad():
-            pe.copy_(saved[0])
-            dpe.copy_(saved[1])
-        ours.zero_grad(set_to_none=True)
-        monai.zero_grad(set_to_none=True)
-    return result
-
-
 # -- steps -----------------------------------------------------------------------------------------
 def bf16_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def timed_opt_step(opt: torch.optim.Optimizer, device: torch.device) -> float:
-    """``opt.step()``; returns its seconds (synchronised on CUDA)."""
-    sync(device)
-    t0 = time.perf_counter()
-    opt.step()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def make_ours_step(model: MaskedAutoencoder, opt: torch.optim.Optimizer, precision: str, device: torch.device,
@@ -448,44 +289,6 @@ def probe_monai_bf16(model: nn.Module, x: torch.Tensor, device: torch.device, pa
         return f"{type(err).__name__}: {' '.join(str(err).split())}"
     finally:
         model.zero_grad(set_to_none=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_alternating(
-    variants: dict[str, Callable[[torch.Tensor], Any]],
-    make_input: Callable[[int], torch.Tensor],
-    warmup: int,
-    steps: int,
-    device: torch.device,
-    log: Callable[[str], None],
-    label: str = "",
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Round-robin one step per variant per round (order reversed every other round); returns the timed steps'
-    seconds and, per step, the seconds of its optimiser step."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    opt_times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
-    for r in range(warmup + steps):
-        x = make_input(r)
-        sync(device)
-        took = {}
-        for name in order if r % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            loss, opt_s = variants[name](x)
-            sync(device)
-            took[name] = time.perf_counter() - t0
-            if not math.isfinite(float(loss)):
-                raise RuntimeError(f"{name}: non-finite loss at round {r + 1}")
-            if r >= warmup:
-                times[name].append(took[name])
-                opt_times[name].append(opt_s)
-        tag = "warm-up" if r < warmup else "timed"
-        log(f"    {label}round {r + 1}/{warmup + steps} ({tag}): " + ", ".join(f"{k} {took[k]:.3f}s" for k in order))
-    return times, opt_times
 
 
 # -- FLOPs / MFU -----------------------------------------------------------------------------------
@@ -566,15 +369,11 @@ def optimizer_kind(opt: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -
     return "foreach" if opt.defaults.get("foreach") else "for-loop"
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3)}
-
-
 def bench_setting(s: Setting, batch: int, args: argparse.Namespace, device: torch.device, default_precision: str,
                   log: Callable[[str], None]) -> dict[str, Any]:
     log(f"[{s.name}] {s.description}, batch {batch}, device {device}")
     torch.manual_seed(0)
-    monai = build_monai(s).to(device)
+    monai = build_monai(s, MASK_RATIO).to(device)
     ours = build_ours(s).to(device)
     leftovers = copy_monai_into_ours(s, monai, ours)
     check = check_equivalence(s, ours, monai, device)
@@ -642,11 +441,11 @@ def bench_setting(s: Setting, batch: int, args: argparse.Namespace, device: torc
         "monai_default": round(sps["monai_fp32"], 3),
         "monai_default_precision": "fp32",
         "ratio_fp32": round(statistics.median(r_fp32), 3),
-        "ratio_fp32_spread": _spread(r_fp32),
+        "ratio_fp32_spread": min_median_max(r_fp32),
         "ratio_default": round(statistics.median(r_default), 3),
-        "ratio_default_spread": _spread(r_default),
+        "ratio_default_spread": min_median_max(r_default),
         "ratio_bf16": round(statistics.median(r_bf16), 3) if r_bf16 else None,
-        "ratio_bf16_spread": _spread(r_bf16) if r_bf16 else None,
+        "ratio_bf16_spread": min_median_max(r_bf16) if r_bf16 else None,
         "monai_bf16": round(sps["monai_bf16"], 3) if "monai_bf16" in sps else None,
         "monai_bf16_runs": monai_bf16_error is None,
         "monai_bf16_error": monai_bf16_error,
