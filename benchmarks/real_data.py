@@ -28,247 +28,48 @@ Nothing here is copied into the project; without ``../shared/real`` the script s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import io
 import json
-import math
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REAL = ROOT.parent / "shared" / "real"
-SETS = ("multispectral", "fundus", "xray", "xray_anomaly")
-EXTRA_OVERRIDES: list[str] = []  # --set KEY=VALUE
-PRETRAIN: dict[str, Any] = {"epochs": 0.0}  # --pretrain-epochs: also MAE pretraining -> fine-tune, and scratch at equal compute
-
-
-# ------------------------------------------------------------------------------------------------
-# folds
-# ------------------------------------------------------------------------------------------------
-def stratified_folds(labels: Sequence[int], k: int, seed: int = 0, groups: Sequence[str] | None = None) -> np.ndarray:
-    """Fold index per item: classes spread evenly over ``k`` folds; all items of a group in one fold."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    groups = np.asarray(groups if groups is not None else [str(i) for i in range(len(labels))])
-    uniq = list(dict.fromkeys(groups.tolist()))
-    # a group's label: its majority label (patients with mixed labels are rare)
-    glabel = {g: int(np.bincount(labels[groups == g]).argmax()) for g in uniq}
-    fold_of: dict[str, int] = {}
-    counts = np.zeros(k)
-    for c in sorted(set(glabel.values())):
-        members = [g for g in uniq if glabel[g] == c]
-        rng.shuffle(members)
-        for g in members:  # greedy: the fold with the fewest items of any class so far
-            f = int(np.argmin(counts + rng.random(k) * 1e-3))
-            fold_of[g] = f
-            counts[f] += int((groups == g).sum())
-    return np.array([fold_of[g] for g in groups])
-
-
-# ------------------------------------------------------------------------------------------------
-# metrics
-# ------------------------------------------------------------------------------------------------
-def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half)."""
-    s = np.asarray(scores, float)
-    y = np.asarray(positive, bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(allv):  # average ranks over ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def dice(pred: np.ndarray, truth: np.ndarray, fov: np.ndarray) -> float:
-    p, t = (pred > 0) & fov, (truth > 0) & fov
-    return float(2 * (p & t).sum() / max(1, p.sum() + t.sum()))
-
-
-# ------------------------------------------------------------------------------------------------
-# shared helpers
-# ------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet():
-    """Silence the data builder's notes (UniMAE's run already printed them; stdout stays the benchmark's)."""
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
-def _split(rows: list[dict[str, str]], folds: np.ndarray, fold: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """``(training rows, held-out rows)`` of one fold."""
-    return [r for r, f in zip(rows, folds) if f != fold], [r for r, f in zip(rows, folds) if f == fold]
-
-
-QUICK = ["train.epochs=null", "train.max_steps=4", "train.val_every=4"]  # --quick: a smoke run
-
-
-def reference_data(domain: str, task: str, ours: dict[str, Any]) -> Any:
-    """UniMAE's own training data for the reference (same items, crops and augmentation), without the
-    validation images UniMAE holds out: the reference trains on all of the fold's training images."""
-    from unimae.apps.finetune import build_finetune_data
-    from unimae.domains import get_domain
-
-    data_cfg = dict(ours["cfg"]["data"])
-    data_cfg.pop("val", None)
-    data_cfg["val_fraction"] = 0.0
-    with _quiet(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return build_finetune_data(get_domain(domain), task, data_cfg, int(ours["cfg"].get("seed", 0)))
-
-
-def run_unimae(config: Path, overrides: Sequence[str], out_dir: Path) -> dict[str, Any]:
-    """``unimae finetune --config CONFIG OVERRIDES out_dir=OUT`` in this process; returns the result + timing."""
-    from unimae.apps.finetune import finetune, load_finetune_config
-
-    cfg = load_finetune_config(config, [*overrides, *EXTRA_OVERRIDES, f"out_dir={out_dir}"])
-    cfg.setdefault("train", {})["progress"] = False
-    cfg["train"]["tensorboard"] = False
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):  # stdout stays the benchmark's (--json)
-        warnings.simplefilter("ignore")
-        result = finetune(cfg)
-    seconds = time.perf_counter() - t0
-    tcfg = cfg["train"]
-    steps = int(result["step"])
-    samples = steps * int(tcfg.get("batch_size", 16)) * int(tcfg.get("accum_steps", 1))
-    return {"result": result, "seconds": seconds, "steps": steps, "samples": samples, "cfg": cfg,
-            "batch_size": int(tcfg.get("batch_size", 16))}  # fmt: skip
-
-
-def run_pretrain(domain: str, ours_cfg: dict[str, Any], train_csv: Path, n_train: int, out_dir: Path) -> dict[str, Any]:
-    """``unimae pretrain`` on the fold's training images (labels unused) with the fine-tuning recipe's encoder:
-    ``configs/<domain>/pretrain.yaml`` with the recipe's architecture, data reading and batch size,
-    ``--pretrain-epochs`` passes over the images, random masking at the domain's mask ratio, the recipe's lr."""
-    from unimae.apps.pretrain import data_keys, pretrain
-    from unimae.core.config import load_config
-    from unimae.core.encoder_config import ARCHITECTURE_KEYS
-    from unimae.domains import get_domain
-
-    plugin = get_domain(domain)
-    cfg = load_config(ROOT / "configs" / domain / "pretrain.yaml", [])
-    model = {k: v for k, v in ours_cfg["model"].items() if k == "preset" or k in ARCHITECTURE_KEYS}
-    cfg["model"] = {**model, "mask_ratio": cfg["model"].get("mask_ratio", 0.75), "masking": "random",
-                    "gradient_branch": False}  # fmt: skip
-    keep = set(data_keys(plugin))
-    cfg["data"] = {k: v for k, v in ours_cfg["data"].items() if k in keep and k not in ("val", "num_samples", "num_val_samples")}
-    cfg["data"].update(train=str(train_csv), val=None)
-    bs = int(ours_cfg["train"].get("batch_size", 16))
-    steps = max(1, int(round(PRETRAIN["epochs"] * n_train / bs)))
-    if PRETRAIN.get("quick"):
-        steps = min(steps, 4)
-    cfg["train"].update(max_steps=steps, batch_size=bs, lr=float(ours_cfg["train"]["lr"]), warmup_steps=None,
-                        progress=False, tensorboard=False, preview_every=0, val_every=0, save_every=steps)  # fmt: skip
-    cfg["out_dir"] = str(out_dir)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
-        pretrain(cfg)
-    return {"seconds": time.perf_counter() - t0, "steps": steps, "samples": steps * bs}
-
-
-def pretrain_arms(domain: str, config: Path, overrides: Sequence[str], ours: dict[str, Any], train_csv: Path,
-                  n_train: int, work: Path) -> dict[str, dict[str, Any]]:
-    """Item 4 of the real-data issue: (a) MAE pretraining on the fold's own training images, then the shipped
-    fine-tuning recipe from it; (b) the shipped recipe from scratch with its schedule stretched to the same
-    total wall time as (a). Returns ``{"pretrained": run, "scratch_equal": run}`` (run as :func:`run_unimae`'s,
-    with ``pretrain_seconds``)."""
-    pre = run_pretrain(domain, ours["cfg"], train_csv, n_train, work / "pretrain")
-    ft = run_unimae(config, [*overrides, f"init={work / 'pretrain'}"], work / "unimae_pre")
-    ft["pretrain_seconds"] = pre["seconds"]
-    ft["finetune_seconds"] = ft["seconds"]
-    ft["seconds"] = pre["seconds"] + ft["seconds"]
-    ft["samples"] += pre["samples"]
-    stretch = ft["seconds"] / max(ours["seconds"], 1e-9)
-    tcfg = ours["cfg"]["train"]
-    if tcfg.get("max_steps") not in (None, "null"):
-        longer = [f"train.max_steps={max(1, round(int(tcfg['max_steps']) * stretch))}"]
-    else:
-        longer = [f"train.epochs={max(1, round(float(tcfg['epochs']) * stretch))}"]
-    eq = run_unimae(config, [*overrides, *longer], work / "unimae_long")
-    eq["stretch"] = stretch
-    return {"pretrained": ft, "scratch_equal": eq}
-
-
-def train_reference(
-    model: Any, dataset: Any, *, steps: int, batch_size: int, loss_fn: Callable, lr: float = 1e-3, seed: int = 0,
-    weight_decay: float = 1e-4,
-) -> dict[str, Any]:
-    """AdamW with a 5 % warmup + cosine over ``steps`` optimizer steps on ``dataset`` (dict items)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
-    )
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
-                        generator=gen, num_workers=0)  # fmt: skip
-    model.train()
-    step, t0 = 0, time.perf_counter()
-    epoch = 0
-    while step < steps:
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        for batch in loader:
-            loss = loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= steps:
-                break
-        epoch += 1
-    model.eval()
-    return {"seconds": time.perf_counter() - t0, "samples": steps * batch_size}
-
-
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-    vals = [float(v) for v in values if v == v]
-    if not vals:
-        return {"mean": float("nan"), "std": float("nan"), "folds": []}
-    return {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
-            "folds": [round(v, 4) for v in vals]}  # fmt: skip
+# the sibling module imports by name whether this file runs as a script (its folder is then sys.path[0]) or is
+# loaded from its path
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from real_training import (  # noqa: E402
+    DEFAULT_REAL,
+    EXTRA_OVERRIDES,
+    PRETRAIN,
+    QUICK,
+    ROOT,
+    auroc,
+    dice,
+    pretrain_arms,
+    reference_data,
+    run_unimae,
+    split_rows,
+    stratified_folds,
+    summary,
+    train_reference,
+    write_csv,
+)
 
 
 # ------------------------------------------------------------------------------------------------
 # classification sets (EuroSAT-MS, chest X-ray)
 # ------------------------------------------------------------------------------------------------
 def classification_fold(
-    name: str, real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, str]], work: Path, quick: bool,
+    spec: RealSet, real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, str]], work: Path, quick: bool,
 ) -> dict[str, Any]:
     import timm
     import torch
@@ -276,22 +77,22 @@ def classification_fold(
 
     from unimae.apps.predict import load_predictor
 
-    domain = "multispectral" if name == "multispectral" else "xray"
+    domain = spec.domain
     config = ROOT / "configs" / domain / "classify.yaml"
-    root = real / domain
-    train_rows, test_rows = _split(rows, folds, fold)
+    root = real / spec.folder
+    train_rows, test_rows = split_rows(rows, folds, fold)
     header = ["image", "label"] + (["group"] if "patient_id" in rows[0] else [])
-    train_csv = _write_csv(
+    train_csv = write_csv(
         work / "train.csv", header,
         [[root / r["path"], r["class_name"], *([r["patient_id"]] if "patient_id" in r else [])] for r in train_rows],
     )  # fmt: skip
-    overrides = [f"data.train={train_csv}"] + (["data.bands=eurosat"] if domain == "multispectral" else [])
+    overrides = [f"data.train={train_csv}", *spec.overrides]
     if quick:
         overrides += QUICK
     ours = run_unimae(config, overrides, work / "unimae")
     predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
     classes = list(predictor.class_names)
-    positive = "Pneumonia" if domain == "xray" else None
+    positive = spec.positive
 
     def score_unimae(path: Path) -> list[float]:
         p = predictor.predict(path, keep_source=False).probabilities
@@ -358,7 +159,9 @@ def _shifted(path: Path, work: Path, zoom: float, gains: Sequence[float], tag: s
     return out
 
 
-def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, str]], work: Path, quick: bool) -> dict[str, Any]:
+def fundus_fold(
+    spec: RealSet, real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, str]], work: Path, quick: bool,
+) -> dict[str, Any]:
     import cv2
     import torch
     from monai.losses import DiceCELoss
@@ -367,17 +170,17 @@ def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, s
     from unimae.apps.predict import load_predictor
     from unimae.core.inference import sliding_window
 
-    root = real / "fundus"
-    config = ROOT / "configs" / "fundus" / "segment.yaml"
-    train_rows, test_rows = _split(rows, folds, fold)
-    train_csv = _write_csv(work / "train.csv", ["image", "mask"], [[root / r["image"], root / r["mask"]] for r in train_rows])
+    root = real / spec.folder
+    config = ROOT / "configs" / spec.domain / "segment.yaml"
+    train_rows, test_rows = split_rows(rows, folds, fold)
+    train_csv = write_csv(work / "train.csv", ["image", "mask"], [[root / r["image"], root / r["mask"]] for r in train_rows])
     overrides = [f"data.train={train_csv}"]
     if quick:
         overrides += QUICK
     ours = run_unimae(config, overrides, work / "unimae")
     predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
 
-    data = reference_data("fundus", "segment", ours)
+    data = reference_data(spec.domain, spec.task, ours)
     ref = BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(32, 32, 64, 128, 256, 32))
     loss = DiceCELoss(to_onehot_y=True, softmax=True)
 
@@ -406,7 +209,7 @@ def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, s
         conditions = {"DRIVE": conditions["DRIVE"]}
     arms: list[tuple[str, Callable, dict[str, Any]]] = [("unimae", ours_labels, ours), ("reference", ref_labels, ref_run)]
     if PRETRAIN["epochs"] > 0:
-        for tag, run in pretrain_arms("fundus", config, overrides, ours, train_csv, len(train_rows), work).items():
+        for tag, run in pretrain_arms(spec.domain, config, overrides, ours, train_csv, len(train_rows), work).items():
             arm = load_predictor(work / ("unimae_pre" if tag == "pretrained" else "unimae_long") / "best",
                                  device="cpu", precision="auto")  # fmt: skip
             arms.append((tag, lambda path, arm=arm: arm.predict(path, keep_source=False).label_map, run))
@@ -434,15 +237,17 @@ def fundus_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, s
 # ------------------------------------------------------------------------------------------------
 # X-ray anomaly (normal-only training)
 # ------------------------------------------------------------------------------------------------
-def xray_anomaly_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, str]], work: Path, quick: bool) -> dict[str, Any]:
+def xray_anomaly_fold(
+    spec: RealSet, real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, str]], work: Path, quick: bool,
+) -> dict[str, Any]:
     from PIL import Image
 
     from unimae.apps.predict import load_predictor
 
-    root = real / "xray"
-    config = ROOT / "configs" / "xray" / "anomaly.yaml"
-    train_rows, test_rows = _split(rows, folds, fold)
-    train_csv = _write_csv(work / "train.csv", ["image", "label", "group"],
+    root = real / spec.folder
+    config = ROOT / "configs" / spec.domain / "anomaly.yaml"
+    train_rows, test_rows = split_rows(rows, folds, fold)
+    train_csv = write_csv(work / "train.csv", ["image", "label", "group"],
                            [[root / r["path"], r["class_name"], r["patient_id"]] for r in train_rows])  # fmt: skip
     overrides = [f"data.train={train_csv}", "data.normal_class=No_findings"]
     if quick:
@@ -477,38 +282,54 @@ def xray_anomaly_fold(real: Path, fold: int, folds: np.ndarray, rows: list[dict[
 # ------------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------------
-METRIC = {"multispectral": "accuracy", "fundus": "vessel Dice in FOV", "xray": "AUROC pneumonia",
-          "xray_anomaly": "image AUROC"}  # fmt: skip
-REFERENCE = {"multispectral": "timm resnet18", "fundus": "MONAI BasicUNet", "xray": "timm resnet18",
-             "xray_anomaly": "5-NN distance, 32 px normals"}  # fmt: skip
+class RealSet(NamedTuple):
+    """One set of ``../shared/real``: where it is, what UniMAE trains on it, how it is scored, against what."""
+
+    folder: str  # sub-folder of ../shared/real holding manifest.csv
+    domain: str
+    task: str
+    metric: str
+    reference: str  # the reference model, as printed
+    run_fold: Callable[..., dict[str, Any]]  # (spec, real, fold, folds, rows, work, quick) -> per-arm results
+    card: dict[str, str]  # the data section of a shipped demo model's card
+    overrides: tuple[str, ...] = ()  # what the files need besides data.train (EuroSAT: its band order)
+    positive: str | None = None  # classification: AUROC of this class (else accuracy)
+    grouped: bool = False  # folds keep a patient_id's images together
+    labelled: bool = True  # folds stratified by label (else round-robin: DRIVE has one label map per image)
+    baseline_note: str = ", trained from scratch on the same fold and steps"
+
+
+_NIH = {"source": "NIH Clinical Center ChestX-ray14 via DarkCovidNet's X-Ray Image DataSet",
+        "licence": "no restrictions; cite the paper and acknowledge the NIH Clinical Center",
+        "citation": "Wang et al., ChestX-ray8, CVPR 2017"}  # fmt: skip
+REAL_SETS: dict[str, RealSet] = {
+    "multispectral": RealSet(
+        "multispectral", "multispectral", "classify", "accuracy", "timm resnet18", classification_fold,
+        {"name": "EuroSAT-MS (216 Sentinel-2 L1C tiles of ../shared/real/multispectral, 13 bands, 10 classes)",
+         "source": "EuroSAT (Helber et al. 2019), tiles vendored in a public EuroSAT-MS classification repository",
+         "licence": "MIT", "citation": "Helber et al., EuroSAT, IEEE JSTARS 2019"},
+        overrides=("data.bands=eurosat",)),
+    "fundus": RealSet(
+        "fundus", "fundus", "segment", "vessel Dice in FOV", "MONAI BasicUNet", fundus_fold,
+        {"name": "DRIVE training images (20 colour fundus photographs, 565x584, manual vessel masks)",
+         "source": "DRIVE (Staal et al. 2004), a public copy of the dataset",
+         "licence": "research use; cite the paper", "citation": "Staal et al., IEEE TMI 2004"},
+        labelled=False),
+    "xray": RealSet(
+        "xray", "xray", "classify", "AUROC pneumonia", "timm resnet18", classification_fold,
+        {"name": "536 NIH ChestX-ray14 frontal films (246 No finding, 290 Pneumonia), 256 px", **_NIH},
+        positive="Pneumonia", grouped=True),
+    "xray_anomaly": RealSet(
+        "xray", "xray", "anomaly", "image AUROC", "5-NN distance, 32 px normals", xray_anomaly_fold,
+        {"name": "the No finding films of 536 NIH ChestX-ray14 frontal films, 256 px", **_NIH},
+        grouped=True, baseline_note=" of the same fold's normal training images"),
+}  # fmt: skip
+SETS = tuple(REAL_SETS)
 
 
 def _rows(real: Path, name: str) -> list[dict[str, str]]:
-    domain = "xray" if name.startswith("xray") else name
-    with open(real / domain / "manifest.csv", newline="") as f:
+    with open(real / REAL_SETS[name].folder / "manifest.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-DEMO = {  # set -> (domain, task, data card)
-    "multispectral": ("multispectral", "classify", {
-        "name": "EuroSAT-MS (216 Sentinel-2 L1C tiles of ../shared/real/multispectral, 13 bands, 10 classes)",
-        "source": "EuroSAT (Helber et al. 2019), tiles vendored in a public EuroSAT-MS classification repository",
-        "licence": "MIT", "citation": "Helber et al., EuroSAT, IEEE JSTARS 2019"}),
-    "fundus": ("fundus", "segment", {
-        "name": "DRIVE training images (20 colour fundus photographs, 565x584, manual vessel masks)",
-        "source": "DRIVE (Staal et al. 2004), a public copy of the dataset",
-        "licence": "research use; cite the paper", "citation": "Staal et al., IEEE TMI 2004"}),
-    "xray": ("xray", "classify", {
-        "name": "536 NIH ChestX-ray14 frontal films (246 No finding, 290 Pneumonia), 256 px",
-        "source": "NIH Clinical Center ChestX-ray14 via DarkCovidNet's X-Ray Image DataSet",
-        "licence": "no restrictions; cite the paper and acknowledge the NIH Clinical Center",
-        "citation": "Wang et al., ChestX-ray8, CVPR 2017"}),
-    "xray_anomaly": ("xray", "anomaly", {
-        "name": "the No finding films of 536 NIH ChestX-ray14 frontal films, 256 px",
-        "source": "NIH Clinical Center ChestX-ray14 via DarkCovidNet's X-Ray Image DataSet",
-        "licence": "no restrictions; cite the paper and acknowledge the NIH Clinical Center",
-        "citation": "Wang et al., ChestX-ray8, CVPR 2017"}),
-}
 
 
 def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_root: Path) -> Path:
@@ -516,15 +337,16 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
     import torch
     from safetensors.torch import load_file, save_file
 
-    domain, task, data_card = DEMO[name]
+    spec = REAL_SETS[name]
+    domain, task, data_card = spec.domain, spec.task, spec.card
     dest = dest_root / domain / "demo"
     dest.mkdir(parents=True, exist_ok=True)
     tensors = {key: (v.half() if v.is_floating_point() else v).contiguous() for key, v in load_file(str(checkpoint) + ".safetensors").items()}
     meta = json.loads(Path(str(checkpoint) + ".json").read_text())
     meta.pop("run_config", None)
     if isinstance(meta.get("config"), dict):  # no paths of this machine in a shipped file
-        meta["config"].setdefault("data", {})["train"] = (f"../shared/real/{'xray' if name.startswith('xray') else domain}"
-                                                          "/manifest.csv (the training folds of benchmarks/real_data.py)")
+        meta["config"].setdefault("data", {})["train"] = (f"../shared/real/{spec.folder}/manifest.csv "
+                                                          "(the training folds of benchmarks/real_data.py)")
         meta["config"]["out_dir"] = f"domains/{domain}/demo"
     for key in ("data_source", "val_source", "out_dir"):
         meta.pop(key, None)
@@ -533,13 +355,12 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
         "trained_on": "real",
         "data": {**data_card, "used": f"{k - 1} of {k} cross-validation folds (fold {result['fold']} held out, "
                                       f"{result['n_test']} images; chest X-rays split by patient)"},
-        "metrics": {"metric": METRIC[name], "held_out_fold": result["fold"], "unimae": round(float(u), 4),
-                    "baseline": REFERENCE[name] + (" of the same fold's normal training images" if name == "xray_anomaly"
-                                                    else ", trained from scratch on the same fold and steps"),
+        "metrics": {"metric": spec.metric, "held_out_fold": result["fold"], "unimae": round(float(u), 4),
+                    "baseline": spec.reference + spec.baseline_note,
                     "baseline_value": round(float(ref), 4),
                     "beats_baseline": bool(u > ref),
                     **({"other_cameras": result["unimae"].get("conditions")} if "conditions" in result["unimae"] else {})},
-        "summary": (f"On the held-out fold this model scores {METRIC[name]} {u:.3f}; the baseline ({REFERENCE[name]}) "
+        "summary": (f"On the held-out fold this model scores {spec.metric} {u:.3f}; the baseline ({spec.reference}) "
                     f"scores {ref:.3f} on the same images: it " + ("beats" if u > ref else "does NOT beat")
                     + " the baseline there."),
         "intended_use": "demonstration of UniMAE on real images, not for diagnosis or any operational decision",
@@ -558,24 +379,19 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
 
 def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool, seed: int = 0,
             save_demo_to: Path | None = None) -> dict[str, Any]:
+    spec = REAL_SETS[name]
     rows = _rows(real, name)
-    if name == "fundus":
+    if not spec.labelled:
         folds = np.arange(len(rows)) % k
-    elif name.startswith("xray"):
-        folds = stratified_folds([int(r["label"]) for r in rows], k, seed, groups=[r["patient_id"] for r in rows])
     else:
-        folds = stratified_folds([int(r["label"]) for r in rows], k, seed)
+        groups = [r["patient_id"] for r in rows] if spec.grouped else None
+        folds = stratified_folds([int(r["label"]) for r in rows], k, seed, groups=groups)
     per_fold = []
     for fold in fold_ids:
         work = Path(tempfile.mkdtemp(prefix=f"unimae-real-{name}-{fold}-"))
         try:
             t0 = time.perf_counter()
-            if name == "fundus":
-                r = fundus_fold(real, fold, folds, rows, work, quick)
-            elif name == "xray_anomaly":
-                r = xray_anomaly_fold(real, fold, folds, rows, work, quick)
-            else:
-                r = classification_fold(name, real, fold, folds, rows, work, quick)
+            r = spec.run_fold(spec, real, fold, folds, rows, work, quick)
             r["fold"] = int(fold)
             r["n_test"] = int((folds == fold).sum())
             r["wall_s"] = time.perf_counter() - t0
@@ -586,19 +402,19 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
                   f"reference {r['reference']['metric']:.3f} ({r['reference']['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    out: dict[str, Any] = {"set": name, "metric": METRIC[name], "reference_model": REFERENCE[name], "folds": k,
+    out: dict[str, Any] = {"set": name, "metric": spec.metric, "reference_model": spec.reference, "folds": k,
                            "folds_run": list(fold_ids), "per_fold": per_fold}  # fmt: skip
     tags = [tag for tag in ("unimae", "reference", "pretrained", "scratch_equal") if per_fold and tag in per_fold[0]]
     for tag in tags:
         out[tag] = {
-            "metric": _summary([r[tag]["metric"] for r in per_fold]),
-            "seconds": _summary([r[tag]["seconds"] for r in per_fold]),
-            "samples_per_s": _summary([r[tag]["samples_per_s"] for r in per_fold]),
+            "metric": summary([r[tag]["metric"] for r in per_fold]),
+            "seconds": summary([r[tag]["seconds"] for r in per_fold]),
+            "samples_per_s": summary([r[tag]["samples_per_s"] for r in per_fold]),
         }
-        if name == "fundus":
-            conds = per_fold[0][tag].get("conditions", {}) if per_fold else {}
-            out[tag]["conditions"] = {c: _summary([r[tag]["conditions"][c] for r in per_fold]) for c in conds}
-    out["ratio"] = _summary([r["unimae"]["metric"] / r["reference"]["metric"] for r in per_fold
+        conds = per_fold[0][tag].get("conditions", {}) if per_fold else {}  # the vessel set's other cameras
+        if conds:
+            out[tag]["conditions"] = {c: summary([r[tag]["conditions"][c] for r in per_fold]) for c in conds}
+    out["ratio"] = summary([r["unimae"]["metric"] / r["reference"]["metric"] for r in per_fold
                              if r["reference"]["metric"] == r["reference"]["metric"] and r["reference"]["metric"] > 0])
     return out
 
