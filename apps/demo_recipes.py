@@ -90,10 +90,10 @@ def _train(steps: int, batch: int, lr: float = 1.5e-3, **extra: Any) -> dict[str
 
 # model sizes: the "micro" preset (64 wide), two blocks, unless a domain's recipe says otherwise (its plugin's
 # ``demo_models``: the domain-specific sizes, data and steps). Steps are few, one CPU thread (issue 10: the first
-# start within 2 minutes on 2 cores while another process keeps one busy). Measured on the shared development
-# machine (load 8-10 on 2 cores): 183 s of CPU time for all 11 models including imports and examples (CT anomaly
-# and CT segment about half of it). The price is models that are rough even on their own synthetic data
-# (validation: CT Dice 0.70, CT anomaly image AUROC 0.64).
+# start within 2 minutes on 2 cores while another process keeps one busy). Measured that way on the development
+# machine: 79 s wall for the 7 synthetic models, imports and examples included (CT segment 29 s, CT anomaly 10 s).
+# The price is models that are rough even on their own synthetic data (validation: CT Dice 0.70, CT anomaly image
+# AUROC 0.69).
 _DEMO_MODEL = {"preset": "micro", "depth": 2, "drop_path_rate": 0.0}
 _DEMO_ANOMALY = {"k": 4, "fpr": 0.05}
 _DEMO_SAMPLES = 100_000  # synthetic training samples: each step draws fresh ones

@@ -37,7 +37,7 @@ from unimae.domains.datasets import local_dataset
 __all__ = ["DATA_KEYS", "model_keys", "data_keys", "resolve_channels", "build_datasets", "build_model", "pretrain"]
 
 #: data keys handled here (the rest go to the domain plugin)
-DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples")
+DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples", "cache_synthetic")
 _DEFAULT_INPUT = {2: 224, 3: 96}
 #: arguments the protocol itself fills in (not config keys)
 _PROTOCOL_ARGS = {"self", "train", "input_size", "n", "seed", "size", "path", "sample", "source", "split", "like",

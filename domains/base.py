@@ -32,6 +32,7 @@ from unimae.core.errors import InputError, look_up
 from unimae.domains import sample as _sample
 from unimae.domains.display import grey_volume_slice, picture
 from unimae.domains.layouts import local_dataset
+from unimae.domains.localdata import CachedSamples
 from unimae.domains.sample import (  # the data contract, re-exported (see __all__)
     DEFAULT_MAX_PIXELS,
     Sample,
@@ -472,18 +473,23 @@ class DomainPlugin(ABC):
         input_size: int | Sequence[int] = 224,
         num_samples: int = 256,
         seed: int = 0,
+        cache_synthetic: bool = False,
         **kwargs: Any,
     ) -> Dataset:
         """A dataset of collatable dicts for training (``split='train'``, random augmentation) or validation.
 
         ``source=None`` uses this domain's synthetic data (``num_samples`` samples, seeded so train and
-        val differ); otherwise ``source`` is a folder or a CSV manifest read through this plugin.
+        val differ; ``cache_synthetic`` keeps them in memory, for a small pool that epochs revisit); otherwise
+        ``source`` is a folder or a CSV manifest read through this plugin (its samples are always kept in
+        memory, within ``UNIMAE_DATA_CACHE_MB``).
         """
         train = split == "train"
         transform = self.augment(train=train, input_size=input_size, **self.augment_kwargs(kwargs))
         if source is None or str(source).lower() in ("", "none", "null", "synthetic"):
             split_seed = seed if train else seed + 100_003
             samples = self.synthetic(num_samples, seed=split_seed, size=input_size, **self.synthetic_kwargs(kwargs))
+            if cache_synthetic:
+                samples = CachedSamples(samples)
         else:
             samples = local_dataset(self, source, split=split, **kwargs)
         return TrainingView(samples, transform, seed=seed)

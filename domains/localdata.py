@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # the protocol's module imports the layouts; annotations only
 
 __all__ = [
     "LocalDataset",
+    "CachedSamples",
+    "SampleMemo",
     "cache_budget_bytes",
     "SPLITS",
     "LAYOUTS",
@@ -224,8 +226,7 @@ class LocalDataset(Dataset):
         self.load_kwargs = dict(load_kwargs or {})
         # read + preprocessed samples kept in memory (small real datasets are re-read every epoch otherwise:
         # decoding, FOV detection and resampling cost more than a training step); see cache_budget_bytes()
-        self._cache: dict[int, Sample] = {}
-        self._cache_bytes = 0
+        self._cache = SampleMemo()
         self.split_source: str | None = None  # "column", "folders", "carved", "holdout", or None (taken whole)
         self.has_val = False
         self.columns: dict[str, str] = {}
@@ -273,7 +274,7 @@ class LocalDataset(Dataset):
     def subset(self, keep: Sequence[int]) -> LocalDataset:
         """Keep only the items at ``keep`` (in that order), in place; returns self."""
         keep = [int(i) for i in keep]
-        self._cache, self._cache_bytes = {}, 0  # indices change
+        self._cache = SampleMemo()  # indices change
         self.files = [self.files[i] for i in keep]
         for name in ("labels", "masks", "fovs", "groups"):
             seq = getattr(self, name)
@@ -331,20 +332,74 @@ class LocalDataset(Dataset):
             sample = self.read_source(index)
             if self.masks is not None and self.masks[index] is not None:
                 sample.mask = plugin.read_mask(self.masks[index], like=sample)
-            sample = plugin.preprocess(sample, **kwargs_for(plugin.preprocess, self.load_kwargs))
-            size = _sample_bytes(sample)
-            if self._cache_bytes + size <= cache_budget_bytes():
-                self._cache[index] = sample
-                self._cache_bytes += size
-        # a fresh Sample per call (image and mask copied, meta dict new), so what a caller changes never reaches
-        # the cache; the label is looked up each time (labels may be changed after the dataset is built)
-        return sample.replace(image=sample.image.clone(), mask=None if sample.mask is None else sample.mask.clone(),
-                              meta=dict(sample.meta), label=self.label_tensor(index))  # fmt: skip
+            sample = self._cache.put(index, plugin.preprocess(sample, **kwargs_for(plugin.preprocess, self.load_kwargs)))
+        # the label is looked up each time (labels may be changed after the dataset is built)
+        return sample.replace(label=self.label_tensor(index))
 
     def plot(self, index: int | Sample, prediction: torch.Tensor | None = None, **kwargs: Any):
         """The plugin's figure for item ``index`` (or a :class:`Sample`), with ``prediction`` overlaid."""
         sample = index if isinstance(index, Sample) else self[index]
         return self.plugin.plot(sample, prediction, **kwargs)
+
+
+class SampleMemo:
+    """Samples kept in memory by index, up to :func:`cache_budget_bytes` in all. ``get`` and ``put`` hand out a
+    fresh :class:`Sample` each time (image and mask copied, meta dict new), so what a caller changes never
+    reaches the memo."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, Sample] = {}
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, index: object) -> bool:
+        return index in self.items
+
+    def get(self, index: int) -> Sample | None:
+        sample = self.items.get(index)
+        return None if sample is None else _fresh(sample)
+
+    def put(self, index: int, sample: Sample) -> Sample:
+        """Keep ``sample`` if the budget allows; returns a copy for the caller."""
+        size = _sample_bytes(sample)
+        if self.nbytes + size <= cache_budget_bytes():
+            self.items[index] = sample
+            self.nbytes += size
+            return _fresh(sample)
+        return sample
+
+
+class CachedSamples(Dataset):
+    """A deterministic sample source (e.g. a domain's synthetic data: sample ``i`` depends only on the seed and
+    ``i``) whose samples are made once and then kept in a :class:`SampleMemo`: epochs that revisit a small
+    pool cost augmentation only. Other attributes are the source's."""
+
+    def __init__(self, samples: Any) -> None:
+        self.samples = samples
+        self.memo = SampleMemo()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        n = len(self)
+        if not -n <= int(index) < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n}")
+        index = int(index) % n
+        sample = self.memo.get(index)
+        return self.memo.put(index, self.samples[index]) if sample is None else sample
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("samples", "memo"):  # not set yet (unpickling): never recurse
+            raise AttributeError(name)
+        return getattr(self.samples, name)
+
+
+def _fresh(sample: Sample) -> Sample:
+    return sample.replace(image=sample.image.clone(), mask=None if sample.mask is None else sample.mask.clone(),
+                          meta=dict(sample.meta))  # fmt: skip
 
 
 def cache_budget_bytes() -> int:

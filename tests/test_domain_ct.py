@@ -717,6 +717,30 @@ def test_augment_shape_determinism_and_alignment(plugin):
     np.testing.assert_allclose(e(s, 0).meta["grid_affine"] @ [0, 0, 0, 1.0], s.meta["affine"] @ [8, 8, 8, 1.0])
 
 
+def test_augment_that_changes_nothing_skips_the_pipeline_and_returns_what_it_would(plugin, monkeypatch):
+    """A volume of input_size with no flips (the anomaly demo's training volumes; evaluation at input_size) takes
+    the shortcut, and gets exactly what the MONAI pad / crop / flip pipeline returns for it."""
+    from unimae.domains.ct.augment import CTAugment
+
+    s = plugin.synthetic(1, seed=3, size=24, task="anomaly", lesion_prob=1.0)[0]
+    s.meta["valid"][:2] = False
+    cases = [CTAugment(train=True, input_size=24, flip_prob=0.0), CTAugment(train=True, input_size=24, flip_axes=()),
+             CTAugment(train=False, input_size=24)]
+    for t in cases:
+        assert t._is_identity(s)
+        fast = t(s, 5)
+        with monkeypatch.context() as m:
+            m.setattr(CTAugment, "_is_identity", lambda self, sample: False)
+            slow = t(s, 5)
+        assert torch.equal(fast.image, slow.image) and fast.image.dtype == slow.image.dtype
+        assert torch.equal(fast.mask, slow.mask) and fast.mask.dtype == slow.mask.dtype == torch.long
+        assert torch.equal(fast.meta["valid"], slow.meta["valid"]) and not bool(fast.meta["valid"][:2].any())
+        np.testing.assert_array_equal(fast.meta["grid_affine"], slow.meta["grid_affine"])
+    # a flip that may happen, or another size, goes through the pipeline
+    assert not CTAugment(train=True, input_size=24)._is_identity(s)
+    assert not CTAugment(train=False, input_size=20)._is_identity(s)
+
+
 def test_augment_pads_small_volumes_as_invalid(plugin):
     s = plugin.synthetic(1, seed=2, size=(20, 16, 16))[0]
     s.meta["valid"] = torch.ones(s.spatial_shape, dtype=torch.bool)

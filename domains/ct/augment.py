@@ -93,6 +93,14 @@ class CTAugment:
         self.flip_prob = float(flip_prob)
         self.swap_sides = bool(swap_sides)
 
+    @property
+    def _may_flip(self) -> bool:
+        return self.train and bool(self.flip_axes) and self.flip_prob > 0.0
+
+    def _is_identity(self, sample: Sample) -> bool:
+        """True when the sample already has ``input_size`` and no flip can happen."""
+        return tuple(sample.spatial_shape) == tuple(self.input_size) and not self._may_flip
+
     def __call__(self, sample: Sample, seed: int) -> Sample:
         from monai.data import MetaTensor
         from monai.transforms import CenterSpatialCropd, Compose, RandFlipd, RandSpatialCropd, SpatialPad
@@ -101,6 +109,13 @@ class CTAugment:
             raise InputError(f"CT augmentation needs a (C, I, J, K) image, got shape {tuple(sample.image.shape)}")
         meta = dict(sample.meta)
         affine = np.asarray(meta.get("grid_affine", meta.get("affine", np.eye(4))), dtype=np.float64)
+        if self._is_identity(sample):
+            # nothing to pad, crop or flip: the same sample, as the pipeline below would return it (MONAI's
+            # per-call overhead is most of the cost of a small synthetic training volume)
+            meta["valid"] = sample.valid.bool()
+            meta["grid_affine"] = affine
+            mask = None if sample.mask is None else sample.mask.reshape(sample.spatial_shape).round().long()
+            return sample.replace(image=sample.image.float().contiguous(), meta=meta, mask=mask)
         aff_t = torch.as_tensor(affine)
         image = sample.image.float()
         keys = ["image", "valid"] + (["mask"] if sample.mask is not None else [])
@@ -123,7 +138,7 @@ class CTAugment:
         new_affine = out["image"].affine.numpy().astype(np.float64)  # pad + crop: a translation
 
         flipped: list[int] = []
-        if self.train and self.flip_axes:
+        if self._may_flip:
             flips = [RandFlipd(keys, prob=self.flip_prob, spatial_axis=a) for a in self.flip_axes]
             flip_pipeline = Compose(flips)
             flip_pipeline.set_random_state(seed=(int(seed) * 2654435761 + 1) % (2**32))
