@@ -332,6 +332,21 @@ def _rows(real: Path, name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def folds_used(spec: RealSet, k: int, fold: int, n_test: int) -> str:
+    """The model card's account of the data a demo model was trained on."""
+    grouped = "; split by patient" if spec.grouped else ""
+    return f"{k - 1} of {k} cross-validation folds (fold {fold} held out, {n_test} images{grouped})"
+
+
+def card_summary(spec: RealSet, ours: float, ref: float, n_test: int) -> str:
+    """The model card's one-paragraph verdict: both scores on the held-out fold, the margin and its size."""
+    verdict = (f"it beats the baseline there, by {ours - ref:.3f}" if ours > ref
+               else "it does NOT beat the baseline there")  # fmt: skip
+    return (f"On the held-out fold ({n_test} images) this model scores {spec.metric} {ours:.3f}; the baseline "
+            f"({spec.reference}) scores {ref:.3f} on the same images: {verdict}. One fold of {n_test} images: "
+            "a margin of a few hundredths may not hold on other images (the README gives every fold).")
+
+
 def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_root: Path) -> Path:
     """Ship the fold's UniMAE model as the domain's demo model: fp16 safetensors + JSON with a model card."""
     import torch
@@ -353,16 +368,13 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
     u, ref = result["unimae"]["metric"], result["reference"]["metric"]
     meta["model_card"] = {
         "trained_on": "real",
-        "data": {**data_card, "used": f"{k - 1} of {k} cross-validation folds (fold {result['fold']} held out, "
-                                      f"{result['n_test']} images; chest X-rays split by patient)"},
+        "data": {**data_card, "used": folds_used(spec, k, int(result["fold"]), int(result["n_test"]))},
         "metrics": {"metric": spec.metric, "held_out_fold": result["fold"], "unimae": round(float(u), 4),
                     "baseline": spec.reference + spec.baseline_note,
                     "baseline_value": round(float(ref), 4),
                     "beats_baseline": bool(u > ref),
                     **({"other_cameras": result["unimae"].get("conditions")} if "conditions" in result["unimae"] else {})},
-        "summary": (f"On the held-out fold this model scores {spec.metric} {u:.3f}; the baseline ({spec.reference}) "
-                    f"scores {ref:.3f} on the same images: it " + ("beats" if u > ref else "does NOT beat")
-                    + " the baseline there."),
+        "summary": card_summary(spec, float(u), float(ref), int(result["n_test"])),
         "intended_use": "demonstration of UniMAE on real images, not for diagnosis or any operational decision",
         "not_for": "clinical use, images unlike the training data (other modalities, views, sensors, processing "
                    "levels), or any decision about a patient or a place",
