@@ -362,7 +362,7 @@ class SampleMemo:
         return None if sample is None else _fresh(sample)
 
     def put(self, index: int, sample: Sample) -> Sample:
-        """Keep ``sample`` if the budget allows; returns a copy for the caller."""
+        """Keep ``sample`` if the budget allows; returns what the caller may use (a copy of a kept sample)."""
         size = _sample_bytes(sample)
         if self.nbytes + size <= cache_budget_bytes():
             self.items[index] = sample
