@@ -344,7 +344,7 @@ def card_summary(spec: RealSet, ours: float, ref: float, n_test: int) -> str:
                else "it does NOT beat the baseline there")  # fmt: skip
     return (f"On the held-out fold ({n_test} images) this model scores {spec.metric} {ours:.3f}; the baseline "
             f"({spec.reference}) scores {ref:.3f} on the same images: {verdict}. One fold of {n_test} images: "
-            "a margin of a few hundredths may not hold on other images (the README gives every fold).")
+            "a margin of a few hundredths may not hold on other images (other folds: the README's results on real data).")
 
 
 def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_root: Path) -> Path:
