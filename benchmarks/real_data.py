@@ -65,6 +65,41 @@ from real_training import (  # noqa: E402
 )
 
 
+class FoldRun(NamedTuple):
+    """UniMAE's arm of one fold: what every set does before scoring its held-out images."""
+
+    root: Path  # the set's folder
+    config: Path  # the shipped config it trained with
+    train_rows: list[dict[str, str]]
+    test_rows: list[dict[str, str]]
+    train_csv: Path
+    overrides: list[str]
+    ours: dict[str, Any]  # run_unimae's result
+    predictor: Any  # the best model, loaded as `unimae predict` and the app load it
+
+
+def unimae_fold(
+    spec: RealSet, real: Path, fold: int, folds: np.ndarray, rows: list[dict[str, str]], work: Path, quick: bool,
+) -> FoldRun:
+    """The fold's training rows as a manifest (image + mask, or image + label [+ patient group]), the set's
+    shipped config trained on it through ``unimae finetune``'s code path, and the best model loaded."""
+    from unimae.apps.predict import load_predictor
+
+    root = real / spec.folder
+    config = ROOT / "configs" / spec.domain / f"{spec.task}.yaml"
+    train_rows, test_rows = split_rows(rows, folds, fold)
+    if not spec.labelled:  # label maps
+        header, items = ["image", "mask"], [[root / r["image"], root / r["mask"]] for r in train_rows]
+    else:
+        header = ["image", "label"] + (["group"] if spec.grouped else [])
+        items = [[root / r["path"], r["class_name"], *([r["patient_id"]] if spec.grouped else [])] for r in train_rows]
+    train_csv = write_csv(work / "train.csv", header, items)
+    overrides = [f"data.train={train_csv}", *spec.overrides, *(QUICK if quick else [])]
+    ours = run_unimae(config, overrides, work / "unimae")
+    predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
+    return FoldRun(root, config, train_rows, test_rows, train_csv, overrides, ours, predictor)
+
+
 # ------------------------------------------------------------------------------------------------
 # classification sets (EuroSAT-MS, chest X-ray)
 # ------------------------------------------------------------------------------------------------
@@ -78,19 +113,8 @@ def classification_fold(
     from unimae.apps.predict import load_predictor
 
     domain = spec.domain
-    config = ROOT / "configs" / domain / "classify.yaml"
-    root = real / spec.folder
-    train_rows, test_rows = split_rows(rows, folds, fold)
-    header = ["image", "label"] + (["group"] if "patient_id" in rows[0] else [])
-    train_csv = write_csv(
-        work / "train.csv", header,
-        [[root / r["path"], r["class_name"], *([r["patient_id"]] if "patient_id" in r else [])] for r in train_rows],
-    )  # fmt: skip
-    overrides = [f"data.train={train_csv}", *spec.overrides]
-    if quick:
-        overrides += QUICK
-    ours = run_unimae(config, overrides, work / "unimae")
-    predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
+    root, config, train_rows, test_rows, train_csv, overrides, ours, predictor = unimae_fold(
+        spec, real, fold, folds, rows, work, quick)
     classes = list(predictor.class_names)
     positive = spec.positive
 
@@ -170,15 +194,8 @@ def fundus_fold(
     from unimae.apps.predict import load_predictor
     from unimae.core.inference import sliding_window
 
-    root = real / spec.folder
-    config = ROOT / "configs" / spec.domain / "segment.yaml"
-    train_rows, test_rows = split_rows(rows, folds, fold)
-    train_csv = write_csv(work / "train.csv", ["image", "mask"], [[root / r["image"], root / r["mask"]] for r in train_rows])
-    overrides = [f"data.train={train_csv}"]
-    if quick:
-        overrides += QUICK
-    ours = run_unimae(config, overrides, work / "unimae")
-    predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
+    root, config, train_rows, test_rows, train_csv, overrides, ours, predictor = unimae_fold(
+        spec, real, fold, folds, rows, work, quick)
 
     data = reference_data(spec.domain, spec.task, ours)
     ref = BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(32, 32, 64, 128, 256, 32))
@@ -242,18 +259,8 @@ def xray_anomaly_fold(
 ) -> dict[str, Any]:
     from PIL import Image
 
-    from unimae.apps.predict import load_predictor
-
-    root = real / spec.folder
-    config = ROOT / "configs" / spec.domain / "anomaly.yaml"
-    train_rows, test_rows = split_rows(rows, folds, fold)
-    train_csv = write_csv(work / "train.csv", ["image", "label", "group"],
-                           [[root / r["path"], r["class_name"], r["patient_id"]] for r in train_rows])  # fmt: skip
-    overrides = [f"data.train={train_csv}", "data.normal_class=No_findings"]
-    if quick:
-        overrides += QUICK
-    ours = run_unimae(config, overrides, work / "unimae")
-    predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
+    run = unimae_fold(spec, real, fold, folds, rows, work, quick)
+    root, train_rows, test_rows, ours, predictor = run.root, run.train_rows, run.test_rows, run.ours, run.predictor
     truth = [r["class_name"] != "No_findings" for r in test_rows]
     t0 = time.perf_counter()
     s_ours = [predictor.predict(root / r["path"], keep_source=False).score for r in test_rows]
@@ -322,7 +329,8 @@ REAL_SETS: dict[str, RealSet] = {
     "xray_anomaly": RealSet(
         "xray", "xray", "anomaly", "image AUROC", "5-NN distance, 32 px normals", xray_anomaly_fold,
         {"name": "the No finding films of 536 NIH ChestX-ray14 frontal films, 256 px", **_NIH},
-        grouped=True, baseline_note=" of the same fold's normal training images"),
+        overrides=("data.normal_class=No_findings",), grouped=True,
+        baseline_note=" of the same fold's normal training images"),
 }  # fmt: skip
 SETS = tuple(REAL_SETS)
 

@@ -322,10 +322,7 @@ class LocalDataset(Dataset):
         return plugin.read(path, **kw)
 
     def __getitem__(self, index: int) -> Sample:
-        n = len(self)
-        if not -n <= int(index) < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n}")
-        index = int(index) % n
+        index = _item_index(index, len(self))
         sample = self._cache.get(index)
         if sample is None:
             plugin = self.plugin
@@ -384,10 +381,7 @@ class CachedSamples(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Sample:
-        n = len(self)
-        if not -n <= int(index) < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n}")
-        index = int(index) % n
+        index = _item_index(index, len(self))
         sample = self.memo.get(index)
         return self.memo.put(index, self.samples[index]) if sample is None else sample
 
@@ -395,6 +389,13 @@ class CachedSamples(Dataset):
         if name in ("samples", "memo"):  # not set yet (unpickling): never recurse
             raise AttributeError(name)
         return getattr(self.samples, name)
+
+
+def _item_index(index: int, n: int) -> int:
+    """``index`` (negative counts from the end) as ``0 .. n-1``, or an ``IndexError`` naming the size."""
+    if not -n <= int(index) < n:
+        raise IndexError(f"index {index} out of range for a dataset of {n}")
+    return int(index) % n
 
 
 def _fresh(sample: Sample) -> Sample:
