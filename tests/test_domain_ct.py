@@ -736,6 +736,8 @@ def test_augment_that_changes_nothing_skips_the_pipeline_and_returns_what_it_wou
         assert torch.equal(fast.mask, slow.mask) and fast.mask.dtype == slow.mask.dtype == torch.long
         assert torch.equal(fast.meta["valid"], slow.meta["valid"]) and not bool(fast.meta["valid"][:2].any())
         np.testing.assert_array_equal(fast.meta["grid_affine"], slow.meta["grid_affine"])
+        fast.image.zero_()  # the shortcut hands out new tensors, as the pipeline does
+        assert float(s.image.abs().sum()) > 0
     # a flip that may happen, or another size, goes through the pipeline
     assert not CTAugment(train=True, input_size=24)._is_identity(s)
     assert not CTAugment(train=False, input_size=20)._is_identity(s)

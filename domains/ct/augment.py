@@ -112,10 +112,11 @@ class CTAugment:
         if self._is_identity(sample):
             # nothing to pad, crop or flip: the same sample, as the pipeline below would return it (MONAI's
             # per-call overhead is most of the cost of a small synthetic training volume)
-            meta["valid"] = sample.valid.bool()
+            # (new tensors, as the pipeline's: what a caller changes never reaches the input sample)
+            meta["valid"] = sample.valid.to(torch.bool, copy=True)
             meta["grid_affine"] = affine
-            mask = None if sample.mask is None else sample.mask.reshape(sample.spatial_shape).round().long()
-            return sample.replace(image=sample.image.float().contiguous(), meta=meta, mask=mask)
+            mask = None if sample.mask is None else sample.mask.reshape(sample.spatial_shape).round().to(torch.long, copy=True)
+            return sample.replace(image=sample.image.to(torch.float32, copy=True).contiguous(), meta=meta, mask=mask)
         aff_t = torch.as_tensor(affine)
         image = sample.image.float()
         keys = ["image", "valid"] + (["mask"] if sample.mask is not None else [])
