@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from unimae.core.precision import PRECISIONS
+from unimae.core.tta import TTA_MODES
 
 __all__ = ["EVAL_SEED", "DEFAULT_SYNTHETIC_SAMPLES", "add_device_args", "add_threshold_args", "add_evaluate_parser",
            "add_predict_parser"]
@@ -42,6 +43,13 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="anomaly pixel threshold or multi-label decision threshold (default: calibrated / 0.5)")  # fmt: skip
     p.add_argument("--image-threshold", type=float, default=None, help="anomaly image-score threshold (default: calibrated)")
+
+
+def add_tta_arg(p: argparse.ArgumentParser) -> None:
+    """``--tta``: an override of a checkpoint's test-time augmentation (evaluate, predict)."""
+    p.add_argument("--tta", default=None, choices=list(TTA_MODES),
+                   help="classification / segmentation: average the model over mirrored (mirror) or rotated and "
+                        "mirrored (dihedral, 2D) copies of each input; default: what the checkpoint records")  # fmt: skip
 
 
 #: ``unimae evaluate`` and ``unimae predict``: (help, description, module, function that runs it)
@@ -93,6 +101,7 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ignore-index", type=int, default=None, metavar="V",
                    help="segmentation: mask value of unlabelled pixels, not scored (e.g. 255)")  # fmt: skip
     add_device_args(p)
+    add_tta_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -104,6 +113,7 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     add_threshold_args(p)
     add_device_args(p)
+    add_tta_arg(p)
     p.add_argument("--probabilities", action="store_true", help="GeoTIFF segmentation: also write per-class probabilities")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

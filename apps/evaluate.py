@@ -194,6 +194,7 @@ def evaluate(
     ignore_index: int | None = None,
     normal_class: str | None = None,
     progress: bool = False,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a task checkpoint and write ``metrics.json``, ``per_case.csv`` and plots into ``out_dir``.
 
@@ -210,6 +211,7 @@ def evaluate(
             default ``test``, falling back to ``val`` (a source without splits is taken whole).
         threshold: anomaly pixel threshold / multi-label decision threshold (default: the checkpoint's / 0.5).
         image_threshold: anomaly image-score threshold (default: the checkpoint's calibrated one).
+        tta: test-time augmentation (:data:`~unimae.core.tta.TTA_MODES`; default: the checkpoint's).
         ignore_index: segmentation: a mask value that marks unlabelled pixels (e.g. 255), left out of
             the scores like pixels outside the valid region. Other values beyond the model's classes
             inside the valid region are an error.
@@ -231,7 +233,7 @@ def evaluate(
 
     t0 = time.perf_counter()
     meta = _checkpoint_info(checkpoint)
-    predictor = load_predictor(checkpoint, device=device, precision=precision)
+    predictor = load_predictor(checkpoint, device=device, precision=precision, tta=tta)
     plugin, task = predictor.plugin, predictor.task
     task_def = predictor.task_def
     eval_seed = EVAL_SEED if seed is None else int(seed)
@@ -329,6 +331,7 @@ def evaluate(
         "files": files,
         "device": str(predictor.device),
         "precision": predictor.precision,
+        "tta": predictor.tta,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(out / "metrics.json", payload)
@@ -385,7 +388,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             num_samples=args.num_samples, seed=args.seed, split=getattr(args, "split", None),
             threshold=getattr(args, "threshold", None), image_threshold=getattr(args, "image_threshold", None),
             ignore_index=getattr(args, "ignore_index", None), normal_class=getattr(args, "normal_class", None),
-            progress=not getattr(args, "no_progress", False),
+            progress=not getattr(args, "no_progress", False), tta=getattr(args, "tta", None),
         )  # fmt: skip
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

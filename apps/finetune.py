@@ -127,8 +127,10 @@ from unimae.core.engine import seed_everything
 from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path
 from unimae.core.inference import make_contract, task_metadata
-from unimae.core.tasks import get_task
+from unimae.core.tasks import Task, get_task
+from unimae.core.tta import check_tta
 from unimae.domains import domain_names, get_domain
+from unimae.domains.base import DomainPlugin
 
 __all__ = [
     *finetune_config.__all__,
@@ -147,6 +149,19 @@ __all__ = [
     "finetune",
     "_mixup_draw",
 ]
+
+
+
+def _tta_setting(plugin: DomainPlugin, task_def: Task, value: Any) -> str:
+    """``data.tta``: the test-time augmentation the checkpoint predicts with (``auto``: the domain's symmetries
+    for the task); checked before anything trains."""
+    if value in (None, "auto"):
+        value = plugin.symmetries.get(task_def.name, "none")
+    mode = check_tta(value, plugin.spatial_dims, "data.tta")
+    if mode != "none" and not task_def.symmetric:
+        raise InputError(f"data.tta={mode}: test-time augmentation applies to classification and segmentation, "
+                         f"not to {task_def.name}")  # fmt: skip
+    return mode
 
 
 def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -169,6 +184,7 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
     model_cfg, data_cfg = dict(cfg.get("model") or {}), dict(cfg.get("data") or {})
     check_keys("model", model_cfg, finetune_model_keys(task))
     check_keys("data", data_cfg, finetune_data_keys(plugin))
+    tta = _tta_setting(plugin, task_def, data_cfg.get("tta"))
     anomaly_cfg = dict(cfg.get("anomaly") or {})
     check_keys("anomaly", anomaly_cfg, ANOMALY_KEYS)
     if anomaly_cfg and not task_def.calibrated:
@@ -245,6 +261,8 @@ def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]],
             # only guessed from their count the same way (see Predictor.load)
             contract["read"] = {"bands": data_cfg["bands"]}
         contract["modality"] = plugin.modality
+        if task_def.symmetric:
+            contract["tta"] = tta
         if encoder.spatial_dims == 2:  # predict at the scale the augmentation trained at (see the plugin recipe)
             contract["segment_mode"] = data_cfg.get("segment_mode") or plugin.recipes.get("finetune", {}).get(
                 "segment_mode", "sliding")

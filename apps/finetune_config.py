@@ -61,7 +61,7 @@ MONITORS: dict[str, tuple[str, ...]] = {
 }
 _DEFAULT_INPUT = {2: 224, 3: 96}
 _DATA_KEYS = ("train", "val", "input_size", "num_samples", "num_val_samples", "val_lesion_prob", "normal_class",
-              "segment_mode", "cache_synthetic")
+              "segment_mode", "cache_synthetic", "tta")
 _PROTOCOL_ARGS = {"self", "train", "input_size", "n", "seed", "size", "path", "sample", "source", "split", "like",
                   "plugin", "task"}  # fmt: skip
 _NONE = ("", "none", "null", "scratch", "random")

@@ -126,6 +126,7 @@ def build_finetune_data(plugin: DomainPlugin, task: str, data: Mapping[str, Any]
         raise InputError("data.task is set by the top-level task key; remove data.task")
     train_src, val_src = d.pop("train", None), d.pop("val", None)
     d.pop("segment_mode", None)  # recorded in the checkpoint's contract by finetune()
+    d.pop("tta", None)  # likewise
     recipe = dict(plugin.recipes.get("finetune", {}))
     input_size = d.pop("input_size", recipe.get("input_size", _DEFAULT_INPUT[plugin.spatial_dims]))
     try:

@@ -167,6 +167,7 @@ def predict_paths(
     progress: bool = True,
     probabilities: bool = False,
     on_error: Callable[[str], None] | None = None,
+    tta: str | None = None,
 ) -> PredictSummary:
     """Predict every input (a file, a DICOM series folder, or a folder of them) and write the results.
 
@@ -180,7 +181,7 @@ def predict_paths(
     """
     from tqdm.auto import tqdm
 
-    predictor = load_predictor(checkpoint, device=device, precision=precision)
+    predictor = load_predictor(checkpoint, device=device, precision=precision, tta=tta)
     items, skipped = collect_inputs(inputs, predictor.plugin)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -245,6 +246,7 @@ def run_predict(args: argparse.Namespace) -> int:
             args.checkpoint, args.input, args.output, threshold=args.threshold,
             image_threshold=getattr(args, "image_threshold", None), device=args.device, precision=args.precision,
             progress=not getattr(args, "no_progress", False), probabilities=getattr(args, "probabilities", False),
+            tta=getattr(args, "tta", None),
         )  # fmt: skip
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

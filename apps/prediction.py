@@ -51,6 +51,7 @@ class Prediction:
         is_anomalous: anomaly: ``score > image_threshold`` (None without an image threshold).
         class_fractions: segment: fraction of the valid area per class.
         preprocess: the ``plugin.preprocess`` options the model's contract applied (e.g. the CT window).
+        tta: the test-time augmentation the output was averaged over (:mod:`unimae.core.tta`).
         checkpoint: the checkpoint's JSON path.
         seconds: wall time of the prediction.
     """
@@ -72,6 +73,7 @@ class Prediction:
     is_anomalous: bool | None = None
     class_fractions: dict[str, float] | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)
+    tta: str = "none"
     checkpoint: str | None = None
     seconds: float = 0.0
 
@@ -96,6 +98,7 @@ class Prediction:
             "domain": self.domain,
             "class_names": list(self.class_names),
             "preprocess": _jsonable(self.preprocess),
+            "tta": self.tta,
             "input": safe_meta(self.meta),
         }
         rep.update(get_task(self.task).report(self))

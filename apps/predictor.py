@@ -40,6 +40,7 @@ from unimae.core.inference import parse_task_metadata
 from unimae.core.models import MAEClassifier, MAESegmenter  # noqa: F401  (registers the task model classes)
 from unimae.core.precision import PRECISIONS, default_device, resolve_precision
 from unimae.core.tasks import Task, get_task
+from unimae.core.tta import check_tta
 from unimae.domains import get_domain, guess_domain
 from unimae.domains.base import DomainPlugin, Sample
 from unimae.domains.display import in_model_space, valid_np
@@ -83,25 +84,26 @@ def _mtime(path: Path) -> int | None:
 
 
 def load_predictor(
-    checkpoint: str | Path, *, device: str | torch.device = "auto", precision: str = "auto"
+    checkpoint: str | Path, *, device: str | torch.device = "auto", precision: str = "auto", tta: str | None = None
 ) -> Predictor:
-    """A :class:`Predictor` for a task checkpoint (``NAME``, ``NAME.json`` or ``NAME.safetensors``).
+    """A :class:`Predictor` for a task checkpoint (``NAME``, ``NAME.json`` or ``NAME.safetensors``); ``tta``
+    overrides the checkpoint's test-time augmentation (:mod:`unimae.core.tta`; None: the checkpoint's own).
 
-    Predictors are cached by checkpoint path, file modification times, device and precision (the
+    Predictors are cached by checkpoint path, file modification times, device, precision and ``tta`` (the
     :data:`CACHE_SIZE` most recent), so an app can call this on every request; a checkpoint rewritten on
     disk is loaded afresh. Raises :class:`InputError` for a missing, corrupt or non-task checkpoint.
     """
     tensor_path, json_path = checkpoint_paths(checkpoint)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    key = (str(json_path.resolve()), _mtime(json_path), _mtime(tensor_path), str(dev), prec)
+    key = (str(json_path.resolve()), _mtime(json_path), _mtime(tensor_path), str(dev), prec, tta)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
             return hit
         model, meta = load_checkpoint(checkpoint, device=dev)
-        predictor = Predictor(model, meta, checkpoint=str(json_path), device=dev, precision=prec)
+        predictor = Predictor(model, meta, checkpoint=str(json_path), device=dev, precision=prec, tta=tta)
         for old in [k for k in _CACHE if k[0] == key[0] and k[3:] == key[3:]]:
             del _CACHE[old]  # an older version of the same file
         _CACHE[key] = predictor
@@ -135,6 +137,8 @@ class Predictor(SceneStreaming):
         segment_mode: 2D segmentation at full resolution by sliding window (``"sliding"``) or on the
             eval transform's resized view (``"resize"``); default: the contract's ``segment_mode``, else
             ``"sliding"``.
+        tta: test-time augmentation of classification and segmentation, one of
+            :data:`~unimae.core.tta.TTA_MODES`; default: the contract's ``tta``, else ``"none"``.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class Predictor(SceneStreaming):
         tile: int = 512,
         tile_overlap: int = 64,
         segment_mode: str | None = None,
+        tta: str | None = None,
     ) -> None:
         info = parse_task_metadata(meta, checkpoint)
         self.meta_info: dict[str, Any] = info  # the task entries, filled in
@@ -187,6 +192,10 @@ class Predictor(SceneStreaming):
         self.tile_overlap = int(tile_overlap)
         mode = segment_mode or self.contract.get("segment_mode") or "sliding"
         self.segment_mode = look_up(mode, SEGMENT_MODES, what="segment mode")
+        self.tta = check_tta(tta if tta is not None else self.contract.get("tta"), self.spatial_dims)
+        if self.tta != "none" and not self.task_def.symmetric:
+            raise InputError(f"test-time augmentation ({self.tta}) applies to classification and segmentation, "
+                             f"not to {self.task_def.title.lower()}")  # fmt: skip
         enc = model.encoder
         self.spectral = enc.channel_mode == "spectral"
         self.model_channels = [c["name"] for c in enc.channels]
@@ -272,6 +281,8 @@ class Predictor(SceneStreaming):
         on the CPU. Per-pixel outputs are ``(K, *S)`` (segment) or ``(*S)`` (anomaly), float32 on the CPU."""
         run: dict[str, Any] = {"channels": self._channel_arg(sample), "precision": self.precision, "device": self.device,
                                **self.task_def.infer_settings(self.meta_info)}  # fmt: skip
+        if self.task_def.symmetric:
+            run["tta"] = self.tta
         if self.task_def.per_pixel:
             run.update(input_size=self.input_size, direct=direct, overlap=self.overlap, sw_batch_size=self.sw_batch_size,
                        out_device="cpu", progress=progress)  # fmt: skip
@@ -332,7 +343,7 @@ class Predictor(SceneStreaming):
     def _new(self, meta: Mapping[str, Any], **kw: Any) -> Prediction:
         return Prediction(task=self.task, domain=self.domain, class_names=list(self.class_names),
                           meta=clean_meta(meta), multi_label=self.multi_label,
-                          preprocess=dict(self.preprocess_kwargs), **kw)  # fmt: skip
+                          preprocess=dict(self.preprocess_kwargs), tta=self.tta, **kw)  # fmt: skip
 
     def _classify(
         self, src: Sample, sample: Sample, threshold: float | None, image_threshold: float | None = None, progress: bool = False

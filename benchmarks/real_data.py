@@ -111,6 +111,7 @@ def classification_fold(
     import torch.nn.functional as F
 
     from unimae.apps.predict import load_predictor
+    from unimae.core.tta import averaged
 
     domain = spec.domain
     root, config, train_rows, test_rows, train_csv, overrides, ours, predictor = unimae_fold(
@@ -133,14 +134,19 @@ def classification_fold(
 
     ref_run = train_reference(ref, data.train, steps=ours["steps"], batch_size=ours["batch_size"], loss_fn=ce)
 
-    def score_ref(path: Path) -> list[float]:
+    def score_ref(path: Path, tta: str = "none") -> list[float]:
         _, sample = predictor.load(path)
         view = predictor._eval_view(sample)
         with torch.inference_mode():
-            prob = torch.softmax(ref(view.image.float()[None]), 1)[0]
+            prob = averaged(lambda x, v: torch.softmax(ref(x.float()[None]), 1)[0], view.image, view.valid, tta,
+                            spatial_dims=view.image.ndim - 1, per_pixel=False)  # fmt: skip
         return [float(prob[ref_index[c]]) for c in classes]
 
     arms: list[tuple[str, Callable, dict[str, Any]]] = [("unimae", score_unimae, ours), ("reference", score_ref, ref_run)]
+    if predictor.tta != "none":  # the same two models, the other way round: UniMAE in one pass, the reference with TTA
+        plain = load_predictor(work / "unimae" / "best", device="cpu", precision="auto", tta="none")
+        arms += [("unimae_plain", lambda path: [plain.predict(path, keep_source=False).probabilities[c] for c in classes], ours),
+                 ("reference_tta", lambda path: score_ref(path, predictor.tta), ref_run)]  # fmt: skip
     if PRETRAIN["epochs"] > 0:
         for tag, run in pretrain_arms(domain, config, overrides, ours, train_csv, len(train_rows), work).items():
             arm = load_predictor(work / ("unimae_pre" if tag == "pretrained" else "unimae_long") / "best",
@@ -193,6 +199,7 @@ def fundus_fold(
 
     from unimae.apps.predict import load_predictor
     from unimae.core.inference import sliding_window
+    from unimae.core.tta import averaged
 
     root, config, train_rows, test_rows, train_csv, overrides, ours, predictor = unimae_fold(
         spec, real, fold, folds, rows, work, quick)
@@ -208,11 +215,14 @@ def fundus_fold(
     ref_run = train_reference(ref, data.train, steps=ours["steps"], batch_size=ours["batch_size"], loss_fn=seg_loss)
     roi = predictor.input_size
 
-    def ref_labels(path: Path) -> np.ndarray:
+    def ref_labels(path: Path, tta: str = "none") -> np.ndarray:
         src, sample = predictor.load(path)
-        x = sample.image.float()[None]
+
+        def window(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return sliding_window(lambda t: torch.softmax(ref(t), 1), x.float()[None], roi, overlap=0.25, mode="gaussian")[0]
+
         with torch.inference_mode():
-            probs = sliding_window(lambda t: torch.softmax(ref(t), 1), x, roi, overlap=0.25, mode="gaussian")[0]
+            probs = averaged(window, sample.image, sample.valid, tta, spatial_dims=2, per_pixel=True)
         lab = probs.argmax(0).numpy().astype(np.uint8) * sample.valid.numpy()
         h, w = src.spatial_shape
         return cv2.resize(lab.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
@@ -225,6 +235,10 @@ def fundus_fold(
     if quick:
         conditions = {"DRIVE": conditions["DRIVE"]}
     arms: list[tuple[str, Callable, dict[str, Any]]] = [("unimae", ours_labels, ours), ("reference", ref_labels, ref_run)]
+    if predictor.tta != "none":  # the same two models, the other way round: UniMAE in one pass, the reference with TTA
+        plain = load_predictor(work / "unimae" / "best", device="cpu", precision="auto", tta="none")
+        arms += [("unimae_plain", lambda path: plain.predict(path, keep_source=False).label_map, ours),
+                 ("reference_tta", lambda path: ref_labels(path, predictor.tta), ref_run)]  # fmt: skip
     if PRETRAIN["epochs"] > 0:
         for tag, run in pretrain_arms(spec.domain, config, overrides, ours, train_csv, len(train_rows), work).items():
             arm = load_predictor(work / ("unimae_pre" if tag == "pretrained" else "unimae_long") / "best",
@@ -333,6 +347,10 @@ REAL_SETS: dict[str, RealSet] = {
         baseline_note=" of the same fold's normal training images"),
 }  # fmt: skip
 SETS = tuple(REAL_SETS)
+#: the arms a fold may report: UniMAE's shipped recipe (predicting as its checkpoint says, with the domain's
+#: test-time augmentation) and the reference; the same two models with TTA the other way round (UniMAE in one
+#: pass, the reference averaged over the same symmetries); --pretrain-epochs' two arms
+ARMS = ("unimae", "reference", "unimae_plain", "reference_tta", "pretrained", "scratch_equal")
 
 
 def _rows(real: Path, name: str) -> list[dict[str, str]]:
@@ -424,7 +442,7 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
             shutil.rmtree(work, ignore_errors=True)
     out: dict[str, Any] = {"set": name, "metric": spec.metric, "reference_model": spec.reference, "folds": k,
                            "folds_run": list(fold_ids), "per_fold": per_fold}  # fmt: skip
-    tags = [tag for tag in ("unimae", "reference", "pretrained", "scratch_equal") if per_fold and tag in per_fold[0]]
+    tags = [tag for tag in ARMS if per_fold and tag in per_fold[0]]
     for tag in tags:
         out[tag] = {
             "metric": summary([r[tag]["metric"] for r in per_fold]),
@@ -496,6 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{u['samples_per_s']['mean']:>9.1f}/{f['samples_per_s']['mean']:<8.1f}  {r['reference_model']}")  # fmt: skip
         for c, s in (u.get("conditions") or {}).items():
             print(f"{'':<14}{'  ' + c:<20}{_fmt(s):>16}{_fmt(f['conditions'][c]):>16}")
+        if "unimae_plain" in r:  # test-time augmentation: both models with and without it
+            print(f"{'':<14}{'  without TTA':<20}{_fmt(r['unimae_plain']['metric']):>16}{_fmt(f['metric']):>16}")
+            print(f"{'':<14}{'  both with TTA':<20}{_fmt(u['metric']):>16}{_fmt(r['reference_tta']['metric']):>16}")
         for tag, label in (("pretrained", "MAE pretrain + fine-tune"), ("scratch_equal", "scratch, same wall time")):
             if tag in r:
                 a = r[tag]

@@ -141,6 +141,8 @@ class DomainPlugin(ABC):
                      other keyword arguments are the ``data`` keys a config may set (None: the plugin implements
                      :meth:`augment` itself)
     presets:         named preprocessing presets (e.g. CT windows), each a dict of ``preprocess`` kwargs
+    symmetries:      per task, the test-time augmentation its images allow (:mod:`unimae.core.tta`: ``mirror``,
+                     ``dihedral``; a task not named: ``none``), what ``data.tta: auto`` records in a checkpoint
     recipes:         training defaults from the papers, ``{"pretrain": {...}, "finetune": {...}}`` with
                      keys such as ``patch_size``, ``input_size``, ``mask_ratio``, ``crop_scale``,
                      ``layer_decay``; the YAML configs in ``configs/<domain>/`` follow them
@@ -185,6 +187,7 @@ class DomainPlugin(ABC):
     synthetic_data: ClassVar[type[SyntheticSamples] | None] = None
     synthetic_options: ClassVar[tuple[str, ...]] = ()
     augment_class: ClassVar[type | None] = None
+    symmetries: ClassVar[dict[str, str]] = {}
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
     display: ClassVar[str | None] = None
     windows: ClassVar[dict[str, tuple[float, float]]] = {}

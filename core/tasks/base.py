@@ -63,6 +63,8 @@ class Task:
         mixup: ``train.mixup`` applies (image-level targets that can be blended).
         image_labels: its targets are one label (or a multi-hot vector) per image.
         trains_on_normal: it trains on normal images only (lesions drawn into synthetic training data: none).
+        symmetric: its output may be averaged over symmetries of the image (:mod:`unimae.core.tta`): ``infer``
+            takes ``tta``.
         help: the app tab's one-line explanation (``{unit}``: "pixel" or "voxel of the volume").
         summary_label: the label of the app's summary beside the image.
         overlay_opacity: the app's default opacity of the result drawn over the image (None: nothing drawn).
@@ -84,6 +86,7 @@ class Task:
     mixup: ClassVar[bool] = False
     image_labels: ClassVar[bool] = False
     trains_on_normal: ClassVar[bool] = False
+    symmetric: ClassVar[bool] = False
     help: ClassVar[str] = ""
     summary_label: ClassVar[str] = ""
     overlay_opacity: ClassVar[float | None] = None

@@ -38,6 +38,7 @@ class ClassifyTask(Task):
     batch_keys = ("label",)
     mixup = True
     image_labels = True
+    symmetric = True
     help = "Class probabilities for the whole image (independent per finding for multi-label models)."
     summary_label = "class probabilities"
 
@@ -121,11 +122,17 @@ class ClassifyTask(Task):
         return {"multi_label": bool(info.get("multi_label", False))}
 
     def infer(
-        self, model: nn.Module, image: torch.Tensor, valid: torch.Tensor, *, multi_label: bool = False, **kw: Any
-    ) -> torch.Tensor:
+        self, model: nn.Module, image: torch.Tensor, valid: torch.Tensor, *, multi_label: bool = False,
+        tta: str = "none", **kw: Any,
+    ) -> torch.Tensor:  # fmt: skip
         """``(K,)`` class probabilities of one evaluation view (``channels``, ``precision``, ``device`` as
-        for :meth:`logits`)."""
-        return self.probabilities(self.logits(model, image[None], valid[None], **kw)[0], multi_label)
+        for :meth:`logits`), averaged over the symmetries ``tta`` names (:mod:`unimae.core.tta`)."""
+        from unimae.core.tta import averaged
+
+        def run(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return self.probabilities(self.logits(model, x[None], v[None], **kw)[0], multi_label)
+
+        return averaged(run, image, valid, tta, spatial_dims=image.ndim - 1, per_pixel=False)
 
     def csv_row(self, pred: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"predicted": ";".join(pred.predicted or [])}

@@ -28,6 +28,7 @@ class SegmentTask(Task):
     batch_keys = ("mask",)
     loss_parts = ("dice", "ce")
     per_pixel = True
+    symmetric = True
     help = "A class for every {unit}, drawn over the image with a legend. Opacity changes the drawing only."
     summary_label = "legend"
     overlay_opacity = 0.5
@@ -89,14 +90,21 @@ class SegmentTask(Task):
         channels: list[str] | None = None,
         precision: str = "fp32",
         device: torch.device | str = "cpu",
+        tta: str = "none",
         **windows: Any,
     ) -> torch.Tensor:
         """``(K, *S)`` class probabilities of one model-space sample (``windows``: :func:`~unimae.core.sliding.run_windows`'s
-        ``direct``, ``overlap``, ``sw_batch_size``, ``out_device``, ``progress``)."""
+        ``direct``, ``overlap``, ``sw_batch_size``, ``out_device``, ``progress``), averaged over the symmetries
+        ``tta`` names, each mapped back (:mod:`unimae.core.tta`)."""
         from unimae.core.sliding import run_windows
+        from unimae.core.tta import averaged
 
         fn = self.window_fn(model, channels=channels, precision=precision, device=device)
-        return run_windows(fn, image, valid, input_size=input_size, device=device, **windows)
+
+        def run(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return run_windows(fn, x, v, input_size=input_size, device=device, **windows)
+
+        return averaged(run, image, valid, tta, spatial_dims=image.ndim - 1, per_pixel=True)
 
     def result_maps(self, pred: Any) -> tuple[list[tuple[str, Any, str, float]], dict[str, Any] | None]:
         if pred.label_map is None:

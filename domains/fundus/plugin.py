@@ -51,6 +51,8 @@ class FundusPlugin(DomainPlugin):
         "green": {"clahe": False, "green": True, "normalize": "imagenet"},
         "clahe_green": {"clahe": True, "green": True, "normalize": "imagenet"},
     }
+    # a vessel tree mirrored is a vessel tree: segmentation averages the 4 mirrored copies (DRIVE, measured in the README)
+    symmetries: ClassVar[dict[str, str]] = {"segment": "mirror"}
     recipes: ClassVar[dict[str, dict[str, Any]]] = {
         # RETFound / MAE: 224 px, 16 px patches, 75 % masking; fine-tuning with layer decay 0.65
         "pretrain": {"patch_size": 16, "input_size": 224, "mask_ratio": 0.75, "crop_scale": (0.6, 1.0),
