@@ -72,9 +72,19 @@ def test_pretraining_arms_run_pretrain_then_fine_tune_from_it(capsys: pytest.Cap
 
     result = json.loads(out)["results"][0]
     fold = result["per_fold"][0]
-    for tag in ("unimae", "reference", "pretrained", "scratch_equal"):
-        assert 0.0 <= fold[tag]["metric"] <= 1.0 and fold[tag]["seconds"] > 0, tag
+    for tag in ("unimae", "reference", "pretrained", "scratch_equal", "unimae_plain", "reference_tta"):
+        assert 0.0 <= fold[tag]["metric"] <= 1.0 and fold[tag]["seconds"] > 0, tag  # EuroSAT: with and without TTA
     pre = fold["pretrained"]
     assert pre["pretrain_seconds"] > 0 and pre["seconds"] >= pre["pretrain_seconds"] + pre["finetune_seconds"] - 1e-6
     assert fold["scratch_equal"]["stretch"] > 0
     assert "init: the encoder of a MaskedAutoencoder" in err  # the fine-tune started from the pretraining run
+
+
+def test_the_model_card_gives_both_models_with_and_without_test_time_augmentation() -> None:
+    bench = _bench()
+    spec = bench.REAL_SETS["fundus"]
+    text = bench.card_summary(spec, 0.80, 0.79, 4, {"mode": "mirror", "unimae_without": 0.78, "baseline_with": 0.805})
+    assert "0.800 with test-time augmentation (mirror)" in text and "beats the baseline there, by 0.010" in text
+    assert "Without the test-time augmentation this model scores 0.780" in text
+    assert "the baseline with the same averaging scores 0.805" in text
+    assert "test-time" not in bench.card_summary(spec, 0.78, 0.79, 4) and "does NOT beat" in bench.card_summary(spec, 0.78, 0.79, 4)
