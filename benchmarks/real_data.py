@@ -415,6 +415,7 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
                    "levels), or any decision about a patient or a place",
         "retrain": f"python benchmarks/real_data.py --real PATH/TO/real --sets {name} --run-folds {result['fold']} "
                    "--save-demo   # PATH/TO/real laid out like ../shared/real",
+        "held_out": list(result.get("held_out", [])),  # the files it never saw (the app's real-file tests use them)
     }
     tmp_t, tmp_j = dest / f".{task}.safetensors.tmp", dest / f".{task}.json.tmp"
     save_file(tensors, str(tmp_t), metadata={"format": "pt"})
@@ -441,6 +442,8 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
             r = spec.run_fold(spec, real, fold, folds, rows, work, quick)
             r["fold"] = int(fold)
             r["n_test"] = int((folds == fold).sum())
+            r["held_out"] = [f"{spec.folder}/{row['path' if spec.labelled else 'image']}"
+                             for row, f in zip(rows, folds) if f == fold]  # fmt: skip
             r["wall_s"] = time.perf_counter() - t0
             per_fold.append(r)
             if save_demo_to is not None and fold == fold_ids[0] and not quick:

@@ -66,7 +66,8 @@ def test_pretraining_arms_run_pretrain_then_fine_tune_from_it(capsys: pytest.Cap
     """``--pretrain-epochs``: MAE pretraining on the fold's training tiles, fine-tuning from it (its encoder
     loaded), and the scratch recipe stretched to the same wall time, each scored on the held-out fold."""
     bench = _bench()
-    assert bench.main(["--quick", "--sets", "multispectral", "--pretrain-epochs", "0.5", "--threads", "1", "--json"]) == 0
+    assert bench.main(["--quick", "--sets", "multispectral", "--pretrain-epochs", "0.5", "--threads", "1",
+                       "--set", "data.tta=dihedral", "--json"]) == 0
     out, err = capsys.readouterr()
     import json
 

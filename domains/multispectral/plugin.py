@@ -49,8 +49,6 @@ class MultispectralPlugin(DomainPlugin):
     class_names: ClassVar[tuple[str, ...]] = LAND_COVER_CLASSES
     seg_class_names: ClassVar[tuple[str, ...]] = LAND_COVER_CLASSES
     multi_label: ClassVar[bool] = False
-    # a nadir tile has no up: classification averages the 8 symmetries of the square (EuroSAT, measured in the README)
-    symmetries: ClassVar[dict[str, str]] = {"classify": "dihedral"}
     recipes: ClassVar[dict[str, dict[str, Any]]] = {
         # SatMAE-style 96 px crops with 8 px patches; spectral embedding and channel + patch masking
         "pretrain": {"patch_size": 8, "input_size": 96, "mask_ratio": 0.75, "masking": "channel_patch",
