@@ -151,7 +151,6 @@ __all__ = [
 ]
 
 
-
 def _tta_setting(plugin: DomainPlugin, task_def: Task, value: Any) -> str:
     """``data.tta``: the test-time augmentation the checkpoint predicts with (``auto``: the domain's symmetries
     for the task); checked before anything trains."""
