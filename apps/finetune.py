@@ -128,7 +128,7 @@ from unimae.core.errors import InputError, look_up
 from unimae.core.fileio import atomic_path
 from unimae.core.inference import make_contract, task_metadata
 from unimae.core.tasks import Task, get_task
-from unimae.core.tta import check_tta
+from unimae.core.tta import task_tta
 from unimae.domains import domain_names, get_domain
 from unimae.domains.base import DomainPlugin
 
@@ -156,11 +156,7 @@ def _tta_setting(plugin: DomainPlugin, task_def: Task, value: Any) -> str:
     for the task); checked before anything trains."""
     if value in (None, "auto"):
         value = plugin.symmetries.get(task_def.name, "none")
-    mode = check_tta(value, plugin.spatial_dims, "data.tta")
-    if mode != "none" and not task_def.symmetric:
-        raise InputError(f"data.tta={mode}: test-time augmentation applies to classification and segmentation, "
-                         f"not to {task_def.name}")  # fmt: skip
-    return mode
+    return task_tta(value, task_def, plugin.spatial_dims, "data.tta")
 
 
 def finetune(cfg: Mapping[str, Any], *, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from unimae.core.inference import parse_task_metadata
 from unimae.core.models import MAEClassifier, MAESegmenter  # noqa: F401  (registers the task model classes)
 from unimae.core.precision import PRECISIONS, default_device, resolve_precision
 from unimae.core.tasks import Task, get_task
-from unimae.core.tta import check_tta
+from unimae.core.tta import task_tta
 from unimae.domains import get_domain, guess_domain
 from unimae.domains.base import DomainPlugin, Sample
 from unimae.domains.display import in_model_space, valid_np
@@ -192,10 +192,7 @@ class Predictor(SceneStreaming):
         self.tile_overlap = int(tile_overlap)
         mode = segment_mode or self.contract.get("segment_mode") or "sliding"
         self.segment_mode = look_up(mode, SEGMENT_MODES, what="segment mode")
-        self.tta = check_tta(tta if tta is not None else self.contract.get("tta"), self.spatial_dims)
-        if self.tta != "none" and not self.task_def.symmetric:
-            raise InputError(f"test-time augmentation ({self.tta}) applies to classification and segmentation, "
-                             f"not to {self.task_def.title.lower()}")  # fmt: skip
+        self.tta = task_tta(tta if tta is not None else self.contract.get("tta"), self.task_def, self.spatial_dims)
         enc = model.encoder
         self.spectral = enc.channel_mode == "spectral"
         self.model_channels = [c["name"] for c in enc.channels]

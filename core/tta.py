@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unimae.core.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TTA_MODES", "check_tta", "views", "averaged"]
+__all__ = ["TTA_MODES", "check_tta", "task_tta", "views", "averaged"]
 
 TTA_MODES = ("none", "mirror", "dihedral")
 
@@ -44,6 +44,16 @@ def check_tta(mode: object, spatial_dims: int, where: str = "tta") -> str:
         raise InputError(f"{where} is {mode!r}; expected one of {', '.join(TTA_MODES)}")
     if name == "dihedral" and int(spatial_dims) != 2:
         raise InputError(f"{where} 'dihedral' (the symmetries of the square) needs 2D images; use 'mirror' in 3D")
+    return name
+
+
+def task_tta(mode: object, task: Any, spatial_dims: int, where: str = "tta") -> str:
+    """:func:`check_tta` for a task (:class:`~unimae.core.tasks.base.Task`): only a ``symmetric`` task
+    (classification, segmentation) takes a mode other than ``none``."""
+    name = check_tta(mode, spatial_dims, where)
+    if name != "none" and not task.symmetric:
+        raise InputError(f"{where}={name}: test-time augmentation applies to classification and segmentation, "
+                         f"not to {task.name}")  # fmt: skip
     return name
 
 
