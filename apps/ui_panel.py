@@ -27,6 +27,10 @@ import numpy as np
 
 from unimae.core.errors import InputError
 from unimae.core.tasks import Task, app_order, get_task
+from unimae.core.tta import views
+
+#: how the status line names the copies a test-time augmentation mode averages
+TTA_WORDS = {"mirror": "mirrored", "dihedral": "rotated and mirrored"}
 
 __all__ = [
     "AppSettings",
@@ -396,6 +400,9 @@ class TaskPanel:
                 lines.append(f"findings above {pred.threshold:g}: **{chosen}**")
             else:
                 lines.append(f"predicted: **{chosen}**")
+        if p is not None and p.task_def.symmetric and p.tta != "none":
+            n = len(views(p.tta, self.plugin.spatial_dims))
+            lines.append(f"test-time augmentation: mean of {n} {TTA_WORDS.get(p.tta, p.tta)} copies")
         if note:
             lines.append(note)
         if entry.trained_on == "synthetic":
@@ -446,10 +453,12 @@ class TaskPanel:
         composite: str = "natural",
         threshold: float | None = None,
         progress: Any = None,
+        tta: bool = True,
     ) -> tuple[Any, ...]:
         """Run the model on an uploaded file: ``(image, summary, downloads, report, status, view)``.
 
-        ``threshold`` (anomaly models) overrides the calibrated pixel threshold; None keeps it.
+        ``threshold`` (anomaly models) overrides the calibrated pixel threshold; None keeps it. ``tta`` False
+        predicts in one pass instead of with the test-time augmentation the checkpoint records.
         """
         from unimae.apps.predict import load_predictor
         from unimae.apps.ui_render import prepare_view
@@ -463,7 +472,9 @@ class TaskPanel:
             t0 = time.perf_counter()
             if progress is not None:
                 progress(0.05, desc="loading the model")
-            predictor = load_predictor(entry.path, device=self.settings.device, precision=self.settings.precision)
+            one_pass = not tta and self.task_def.symmetric
+            predictor = load_predictor(entry.path, device=self.settings.device, precision=self.settings.precision,
+                                       tta="none" if one_pass else None)  # fmt: skip
             self._last_predictor = predictor
             if progress is not None:
                 progress(0.15, desc=f"{self.task_def.title.lower()} of {file_name}")

@@ -71,6 +71,10 @@ def task_tab(panel: TaskPanel, file_input: Any, catalog: Any) -> tuple[Any, Any]
             if composites:
                 kw["composite"] = gr.Radio([(label, name) for name, label in composites.items()],
                                            value=next(iter(composites)), label="composite")  # fmt: skip
+            tta_box = None
+            if task_def.symmetric:  # tasks that can average over the domain's symmetries at inference
+                tta_box = gr.Checkbox(True, label="test-time augmentation, as the model records it (off: one pass, faster)",
+                                      elem_id=f"{panel.name}-tta")  # fmt: skip
             status = gr.Markdown(elem_id=f"{panel.name}-status")
             files = gr.File(label="downloads (source geometry)", file_count="multiple", interactive=False,
                             elem_id=f"{panel.name}-files")  # fmt: skip
@@ -80,9 +84,9 @@ def task_tab(panel: TaskPanel, file_input: Any, catalog: Any) -> tuple[Any, Any]
 
     def run(file: str | None, model: str | None = None, opacity: float = 0.5, plane: str = "axial",
             window: str = "soft_tissue", center: float = 40.0, width: float = 400.0, composite: str = "natural",
-            threshold: float | None = None, progress=gr.Progress(track_tqdm=True)):  # fmt: skip
+            threshold: float | None = None, tta: bool = True, progress=gr.Progress(track_tqdm=True)):  # fmt: skip
         return panel.run(file, model, opacity, plane, window, center, width, composite, threshold=threshold,
-                         progress=progress)  # fmt: skip
+                         progress=progress, tta=bool(tta))  # fmt: skip
 
     run.__name__ = panel.name
     run.__doc__ = f"{domain} {task}: returns the overlay image, the summary, the downloads, the report and a status line."
@@ -90,6 +94,8 @@ def task_tab(panel: TaskPanel, file_input: Any, catalog: Any) -> tuple[Any, Any]
     run_kw = dict(kw)
     if task_def.calibrated:  # API callers may override the calibrated pixel threshold; the page uses its slider
         run_kw["threshold"] = gr.Number(value=None, visible=False, label="threshold")
+    if tta_box is not None:
+        run_kw["tta"] = tta_box
     event = run_btn.click(
         run, inputs=[file_input, model], inputs_kwargs=run_kw, outputs=outputs, api_name=panel.name,
         concurrency_id="predict", concurrency_limit=panel.settings.concurrency,

@@ -11,6 +11,10 @@ to that figure alone:
 * ``fundus``: 2D fundus vessel segmentation of a 565 x 584 photograph (a synthetic fundus written as PNG),
   end to end through ``Predictor.predict`` (read, FOV, preprocess, full-resolution sliding window with
   ROI 224, back to the source grid), ViT-B/16 ``MAESegmenter``: ms per image (median).
+* ``tta``: the cost of test-time augmentation with the **shipped** DRIVE vessel model
+  (``domains/fundus/demo/segment``): the same 565 x 584 photograph through ``Predictor.predict`` in one pass
+  (``tta="none"``) and with the checkpoint's own TTA (4 mirrored copies), the two alternating run by run;
+  reported as the ratio TTA / one pass per pair of runs (median, min, max).
 * ``anomaly``: anomaly map with K = 4 complementary masks at 224² (``core.anomaly.anomaly_map``) with a
   ViT-B/16 MAE (decoder 512 x 8): ms per image (median); plus the end-to-end ``Predictor.predict``.
 * ``geotiff``: streamed GeoTIFF segmentation of synthetic 13-band Sentinel-2 scenes (uint16, tiled,
@@ -56,7 +60,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("ct3d", "fundus", "anomaly", "geotiff")
+SECTIONS = ("ct3d", "fundus", "tta", "anomaly", "geotiff")
 _MARK = "@@BENCH@@"
 
 
@@ -185,6 +189,33 @@ def child_fundus(a: dict[str, Any]) -> dict[str, Any]:
     return {"ms_per_image": 1000 * statistics.median(times), "cpu_ms_per_image": 1000 * (_cpu_s() - c0) / len(times),
             "runs": len(times), "shape": list(out.label_map.shape), "precision": pred.precision,
             "peak_rss_mb": _rss_mb(), "model": _describe(pred.model, a["preset"])}  # fmt: skip
+
+
+def child_tta(a: dict[str, Any]) -> dict[str, Any]:
+    from unimae.apps.demo_models import shipped_models
+    from unimae.apps.predict import load_predictor
+
+    found, _ = shipped_models()
+    ckpt = found.get("fundus_segment")
+    if ckpt is None:
+        return {"error": "no shipped fundus/segment demo model"}
+    png = _fundus_png(Path(a["tmp"]) / "fundus_584x565_tta.png", (584, 565))
+    preds = {"none": load_predictor(ckpt, device=a["device"], tta="none"),
+             "checkpoint": load_predictor(ckpt, device=a["device"])}  # the checkpoint's own mode
+    mode = preds["checkpoint"].tta
+    times: dict[str, list[float]] = {"none": [], "checkpoint": []}
+    for p in preds.values():
+        p.predict(png)  # warm-up
+    for _ in range(int(a["repeats"])):
+        for key, p in preds.items():
+            t0 = time.perf_counter()
+            p.predict(png)
+            times[key].append(time.perf_counter() - t0)
+    ratios = [t / n for t, n in zip(times["checkpoint"], times["none"])]
+    return {"tta": mode, "ms_one_pass": 1000 * statistics.median(times["none"]),
+            "ms_tta": 1000 * statistics.median(times["checkpoint"]), "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios), "ratio_max": max(ratios), "runs": len(ratios), "precision": preds["none"].precision,
+            "model": _describe(preds["none"].model, "demo")}  # fmt: skip
 
 
 def child_anomaly(a: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +354,7 @@ CHILDREN = {
     "demo_make": child_demo_make,
     "ct3d": child_ct3d,
     "fundus": child_fundus,
+    "tta": child_tta,
     "anomaly": child_anomaly,
     "geotiff_make": child_geotiff_make,
     "geotiff_run": child_geotiff_run,
@@ -415,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"fundus: 565x584 segmentation ({preset_2d}) ...")
             results["fundus"] = {"encoder": preset_2d, "roi": 224, **_run_child("fundus", common, args.threads)}
             _log(f"  {results['fundus']}")
+        if "tta" in sections:
+            _log("tta: the shipped DRIVE vessel model, one pass against its test-time augmentation ...")
+            results["tta"] = _run_child("tta", common, args.threads)
+            _log(f"  {results['tta']}")
         if "anomaly" in sections:
             _log(f"anomaly: K=4 at 224^2 ({preset_2d}) ...")
             results["anomaly"] = {"encoder": preset_2d, **_run_child("anomaly", common, args.threads)}
@@ -487,6 +523,11 @@ def _print_table(r: dict[str, Any]) -> None:
         if x:
             print(f"{label}: " + (x["error"] if "error" in x else
                   f"{_caption(x['model'])}: {x['ms_per_image']:.0f} ms/image ({x['precision']})"))  # fmt: skip
+    t = r.get("tta")
+    if t:
+        print("shipped DRIVE vessel model, 565x584: " + (t["error"] if "error" in t else
+              f"one pass {t['ms_one_pass']:.0f} ms, TTA ({t['tta']}) {t['ms_tta']:.0f} ms: x{t['ratio_median']:.2f} "
+              f"(min {t['ratio_min']:.2f}, max {t['ratio_max']:.2f}, {t['runs']} pairs)"))  # fmt: skip
     g = r.get("geotiff")
     if g:
         for m, gm in g["models"].items():

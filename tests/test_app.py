@@ -709,3 +709,20 @@ def test_volume_opens_at_the_hottest_slice_of_an_anomaly_map():
     ano = R.ResultView(pred=None, kind="volume", hu=hu, heat=heat)
     assert [R.start_slice(ano, p) for p in ("sagittal", "coronal", "axial")] == [2, 9, 3]
     assert R.start_slice(R.ResultView(pred=None, kind="volume", hu=hu, heat=np.zeros(hu.shape, np.float32)), "axial") == 7
+
+
+def test_panel_tta_switch_predicts_in_one_pass_and_says_which(bundle):
+    from unimae.apps.ui_models import ModelCatalog
+    from unimae.apps.ui_panel import AppSettings, OutputDirs, TaskPanel
+
+    panel = TaskPanel("fundus", "segment", ModelCatalog(bundle.models), OutputDirs(60), AppSettings(device="cpu"))
+    src = _example(bundle, "fundus", "healthy.png")
+    *_, report_tta, status_tta, view_tta = panel.run(str(src))
+    assert panel._last_predictor.tta == "mirror"
+    *_, report_one, status_one, view_one = panel.run(str(src), tta=False)
+    assert panel._last_predictor.tta == "none"
+    assert report_tta["tta"] == view_tta.pred.tta == "mirror" and "mean of 4 mirrored copies" in status_tta  # the domain's default
+    assert report_one["tta"] == view_one.pred.tta == "none" and "test-time augmentation" not in status_one
+    anomaly = TaskPanel("fundus", "anomaly", ModelCatalog(bundle.models), OutputDirs(60), AppSettings(device="cpu"))
+    *_, report, status, _ = anomaly.run(str(_example(bundle, "fundus", "lesions.png")), tta=False)  # no TTA to turn off
+    assert "tta" not in report or report["tta"] == "none"
