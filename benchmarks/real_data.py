@@ -20,6 +20,7 @@ for other cameras.
 
     python benchmarks/real_data.py                      # every set, 5 folds (long on 2 CPU cores)
     python benchmarks/real_data.py --sets multispectral --folds 5 --json
+    python benchmarks/real_data.py --sets xray --seeds 0,1,2 --json   # each fold trained with 3 seeds, both arms
     python benchmarks/real_data.py --quick              # smoke run: 1 fold, a few steps
 
 Nothing here is copied into the project; without ``../shared/real`` the script says so and exits 0.
@@ -52,6 +53,7 @@ from real_training import (  # noqa: E402
     PRETRAIN,
     QUICK,
     ROOT,
+    TRAINING,
     auroc,
     dice,
     pretrain_arms,
@@ -94,7 +96,7 @@ def unimae_fold(
         header = ["image", "label"] + (["group"] if spec.grouped else [])
         items = [[root / r["path"], r["class_name"], *([r["patient_id"]] if spec.grouped else [])] for r in train_rows]
     train_csv = write_csv(work / "train.csv", header, items)
-    overrides = [f"data.train={train_csv}", *spec.overrides, *(QUICK if quick else [])]
+    overrides = [f"data.train={train_csv}", *spec.overrides, f"seed={TRAINING['seed']}", *(QUICK if quick else [])]
     ours = run_unimae(config, overrides, work / "unimae")
     predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
     return FoldRun(root, config, train_rows, test_rows, train_csv, overrides, ours, predictor)
@@ -426,7 +428,9 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
 
 
 def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool, seed: int = 0,
-            save_demo_to: Path | None = None) -> dict[str, Any]:
+            save_demo_to: Path | None = None, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
+    """Every fold of ``fold_ids`` once per training seed of ``seeds`` (``seed`` makes the folds). The summaries
+    are over every (fold, seed) run; with several seeds, ``fold_means`` summarises each fold's mean over seeds."""
     spec = REAL_SETS[name]
     rows = _rows(real, name)
     if not spec.labelled:
@@ -435,25 +439,30 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
         groups = [r["patient_id"] for r in rows] if spec.grouped else None
         folds = stratified_folds([int(r["label"]) for r in rows], k, seed, groups=groups)
     per_fold = []
-    for fold in fold_ids:
-        work = Path(tempfile.mkdtemp(prefix=f"unimae-real-{name}-{fold}-"))
-        try:
-            t0 = time.perf_counter()
-            r = spec.run_fold(spec, real, fold, folds, rows, work, quick)
-            r["fold"] = int(fold)
-            r["n_test"] = int((folds == fold).sum())
-            r["held_out"] = [f"{spec.folder}/{row['path' if spec.labelled else 'image']}"
-                             for row, f in zip(rows, folds) if f == fold]  # fmt: skip
-            r["wall_s"] = time.perf_counter() - t0
-            per_fold.append(r)
-            if save_demo_to is not None and fold == fold_ids[0] and not quick:
-                print(f"  saved {save_demo(name, work / 'unimae' / 'best', r, k, save_demo_to)}", file=sys.stderr)
-            print(f"  {name} fold {fold}: UniMAE {r['unimae']['metric']:.3f} ({r['unimae']['seconds']:.0f} s)  "
-                  f"reference {r['reference']['metric']:.3f} ({r['reference']['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    for train_seed in seeds:
+        TRAINING["seed"] = int(train_seed)
+        for fold in fold_ids:
+            work = Path(tempfile.mkdtemp(prefix=f"unimae-real-{name}-{fold}-"))
+            try:
+                t0 = time.perf_counter()
+                r = spec.run_fold(spec, real, fold, folds, rows, work, quick)
+                r["fold"] = int(fold)
+                r["seed"] = int(train_seed)
+                r["n_test"] = int((folds == fold).sum())
+                r["held_out"] = [f"{spec.folder}/{row['path' if spec.labelled else 'image']}"
+                                 for row, f in zip(rows, folds) if f == fold]  # fmt: skip
+                r["wall_s"] = time.perf_counter() - t0
+                per_fold.append(r)
+                if save_demo_to is not None and fold == fold_ids[0] and train_seed == seeds[0] and not quick:
+                    print(f"  saved {save_demo(name, work / 'unimae' / 'best', r, k, save_demo_to)}", file=sys.stderr)
+                print(f"  {name} fold {fold} seed {train_seed}: UniMAE {r['unimae']['metric']:.3f} "
+                      f"({r['unimae']['seconds']:.0f} s)  reference {r['reference']['metric']:.3f} "
+                      f"({r['reference']['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    TRAINING["seed"] = 0
     out: dict[str, Any] = {"set": name, "metric": spec.metric, "reference_model": spec.reference, "folds": k,
-                           "folds_run": list(fold_ids), "per_fold": per_fold}  # fmt: skip
+                           "folds_run": list(fold_ids), "seeds": [int(x) for x in seeds], "per_fold": per_fold}  # fmt: skip
     tags = [tag for tag in ARMS if per_fold and tag in per_fold[0]]
     for tag in tags:
         out[tag] = {
@@ -461,6 +470,9 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
             "seconds": summary([r[tag]["seconds"] for r in per_fold]),
             "samples_per_s": summary([r[tag]["samples_per_s"] for r in per_fold]),
         }
+        if len(seeds) > 1:  # each fold's mean over the seeds, then their spread over folds
+            out[tag]["fold_means"] = summary([float(np.mean([r[tag]["metric"] for r in per_fold if r["fold"] == f]))
+                                              for f in fold_ids])  # fmt: skip
         conds = per_fold[0][tag].get("conditions", {}) if per_fold else {}  # the vessel set's other cameras
         if conds:
             out[tag]["conditions"] = {c: summary([r[tag]["conditions"][c] for r in per_fold]) for c in conds}
@@ -479,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
     ap.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     ap.add_argument("--run-folds", default=None, help="which folds to run, e.g. 0,1 (default: all)")
+    ap.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2: every fold is trained once per seed, "
+                    "both arms (default 0); the folds stay the same")
     ap.add_argument("--quick", action="store_true", help="smoke run: fold 0 only, 4 training steps")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -504,14 +518,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     fold_ids = [0] if args.quick else (
         [int(f) for f in args.run_folds.split(",")] if args.run_folds else list(range(args.folds)))  # fmt: skip
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    if not seeds:
+        ap.error("--seeds names no seed")
     results = []
     EXTRA_OVERRIDES[:] = list(args.overrides)
     PRETRAIN["epochs"] = float(args.pretrain_epochs)
     PRETRAIN["quick"] = bool(args.quick)
     for name in names:
-        print(f"{name}: {len(fold_ids)} of {args.folds} folds", file=sys.stderr, flush=True)
+        print(f"{name}: {len(fold_ids)} of {args.folds} folds x {len(seeds)} seed(s)", file=sys.stderr, flush=True)
         results.append(run_set(name, args.real, args.folds, fold_ids, args.quick,
-                               save_demo_to=ROOT / "domains" if args.save_demo else None))
+                               save_demo_to=ROOT / "domains" if args.save_demo else None, seeds=seeds))
     machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
     if args.json:

@@ -20,6 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REAL = ROOT.parent / "shared" / "real"
 EXTRA_OVERRIDES: list[str] = []  # --set KEY=VALUE
+TRAINING: dict[str, Any] = {"seed": 0}  # --seeds: the training seed of the run in progress (UniMAE and reference)
 PRETRAIN: dict[str, Any] = {"epochs": 0.0}  # --pretrain-epochs: also MAE pretraining -> fine-tune, and scratch at equal compute
 
 
@@ -188,12 +189,15 @@ def pretrain_arms(domain: str, config: Path, overrides: Sequence[str], ours: dic
 
 
 def train_reference(
-    model: Any, dataset: Any, *, steps: int, batch_size: int, loss_fn: Callable, lr: float = 1e-3, seed: int = 0,
-    weight_decay: float = 1e-4,
+    model: Any, dataset: Any, *, steps: int, batch_size: int, loss_fn: Callable, lr: float = 1e-3,
+    seed: int | None = None, weight_decay: float = 1e-4,
 ) -> dict[str, Any]:
-    """AdamW with a 5 % warmup + cosine over ``steps`` optimizer steps on ``dataset`` (dict items)."""
+    """AdamW with a 5 % warmup + cosine over ``steps`` optimizer steps on ``dataset`` (dict items); ``seed``
+    (default: the run's, ``TRAINING["seed"]``) sets the initial weights and the batch order."""
     import torch
     from torch.utils.data import DataLoader
+
+    seed = int(TRAINING["seed"] if seed is None else seed)
 
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

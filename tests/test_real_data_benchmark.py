@@ -89,3 +89,33 @@ def test_the_model_card_gives_both_models_with_and_without_test_time_augmentatio
     assert "Without the test-time augmentation this model scores 0.780" in text
     assert "the baseline with the same averaging scores 0.805" in text
     assert "test-time" not in bench.card_summary(spec, 0.78, 0.79, 4) and "does NOT beat" in bench.card_summary(spec, 0.78, 0.79, 4)
+
+
+@pytest.mark.skipif(not (REAL / "multispectral" / "manifest.csv").is_file(), reason="../shared/real (real training data) is absent")
+def test_each_seed_trains_both_arms_again_on_the_same_folds(capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    """``--seeds 0,1``: every fold once per seed; UniMAE's config and the reference both get that seed."""
+    import json
+
+    bench = _bench()
+    seen: dict[str, list] = {"unimae": [], "reference": []}
+    run_unimae, train_reference = bench.run_unimae, bench.train_reference
+
+    def unimae(config, overrides, out_dir):
+        seen["unimae"].append([o for o in overrides if o.startswith("seed=")])
+        return run_unimae(config, overrides, out_dir)
+
+    def reference(*args, **kwargs):
+        seen["reference"].append(bench.TRAINING["seed"])
+        return train_reference(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "run_unimae", unimae)
+    monkeypatch.setattr(bench, "train_reference", reference)
+    assert bench.main(["--quick", "--sets", "multispectral", "--seeds", "0,1", "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert seen == {"unimae": [["seed=0"], ["seed=1"]], "reference": [0, 1]}
+    assert [(r["fold"], r["seed"]) for r in result["per_fold"]] == [(0, 0), (0, 1)] and result["seeds"] == [0, 1]
+    runs = [r["unimae"]["metric"] for r in result["per_fold"]]
+    assert result["unimae"]["fold_means"]["folds"] == [round(float(np.mean(runs)), 4)]
+    assert bench.TRAINING["seed"] == 0  # left as it was
+    with pytest.raises(SystemExit):
+        bench.main(["--sets", "multispectral", "--seeds", "a,b"])
