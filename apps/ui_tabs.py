@@ -73,7 +73,7 @@ def task_tab(panel: TaskPanel, file_input: Any, catalog: Any) -> tuple[Any, Any]
                                            value=next(iter(composites)), label="composite")  # fmt: skip
             tta_box = None
             if task_def.symmetric:  # tasks that can average over the domain's symmetries at inference
-                tta_box = gr.Checkbox(True, label="test-time augmentation, as the model records it (off: one pass, faster)",
+                tta_box = gr.Checkbox(True, label="test-time augmentation, where the model records one (off: one pass, faster)",
                                       elem_id=f"{panel.name}-tta")  # fmt: skip
             status = gr.Markdown(elem_id=f"{panel.name}-status")
             files = gr.File(label="downloads (source geometry)", file_count="multiple", interactive=False,

@@ -13,6 +13,8 @@ chest X-rays grouped by patient so no patient is on both sides), then on every f
 
 It prints, per set: the metric (accuracy / vessel Dice inside the field of view / AUROC), training wall time,
 training samples/s and UniMAE / reference, as mean ± standard deviation over folds with the per-fold values.
+With ``--seeds`` every fold is trained once per seed (both arms); the classification sets then also score each
+fold's models of all seeds averaged (``seed_ensemble``), UniMAE's and the reference's.
 The X-ray anomaly row compares the MAE anomaly recipe (trained on the normal training images only) with a
 nearest-neighbour reference on downsampled normal images. The fundus row also evaluates both vessel models on
 the held-out images rescaled (field of view 0.6x and 1.8x as wide) and with another colour balance, standing in
@@ -154,17 +156,37 @@ def classification_fold(
             arm = load_predictor(work / ("unimae_pre" if tag == "pretrained" else "unimae_long") / "best",
                                  device="cpu", precision="auto")  # fmt: skip
             arms.append((tag, lambda path, arm=arm: [arm.predict(path, keep_source=False).probabilities[c] for c in classes], run))
-    out: dict[str, Any] = {}
+    truth = [r["class_name"] for r in test_rows]
+    out: dict[str, Any] = {"classes": classes, "truth": truth}
     for tag, fn, run in arms:
         probs = np.array([fn(root / r["path"]) for r in test_rows])
-        truth = [r["class_name"] for r in test_rows]
-        if positive is not None:
-            metric = auroc(probs[:, classes.index(positive)], [t == positive for t in truth])
-        else:
-            metric = float(np.mean([classes[int(i)] == t for i, t in zip(probs.argmax(1), truth)]))
-        out[tag] = {"metric": metric, "seconds": run["seconds"], "samples_per_s": run["samples"] / run["seconds"],
+        out[tag] = {"metric": class_metric(spec, probs, truth, classes), "seconds": run["seconds"],
+                    "samples_per_s": run["samples"] / run["seconds"], "probs": np.round(probs, 5).tolist(),
                     **{k: run[k] for k in ("pretrain_seconds", "finetune_seconds", "stretch") if k in run}}  # fmt: skip
     out["steps"] = ours["steps"]
+    return out
+
+
+def class_metric(spec: RealSet, probs: np.ndarray, truth: Sequence[str], classes: Sequence[str]) -> float:
+    """AUROC of ``spec.positive`` when the set names one, else accuracy, of held-out probabilities ``(N, K)``."""
+    probs = np.asarray(probs, dtype=float)
+    if spec.positive is not None:
+        return auroc(probs[:, list(classes).index(spec.positive)], [t == spec.positive for t in truth])
+    return float(np.mean([classes[int(i)] == t for i, t in zip(probs.argmax(1), truth)]))
+
+
+def seed_ensembles(spec: RealSet, per_fold: Sequence[dict[str, Any]], fold_ids: Sequence[int]) -> dict[str, Any]:
+    """Each fold's models of every seed averaged (their held-out probabilities), per arm: what an ensemble of
+    that many independently trained models scores, UniMAE's and the reference's from the same runs."""
+    out: dict[str, Any] = {}
+    for tag in ("unimae", "reference"):
+        per = []
+        for f in fold_ids:
+            runs = [r for r in per_fold if r["fold"] == f and "probs" in r.get(tag, {})]
+            if len(runs) > 1:
+                per.append(class_metric(spec, np.mean([r[tag]["probs"] for r in runs], 0), runs[0]["truth"], runs[0]["classes"]))
+        if per:
+            out[tag] = summary(per)
     return out
 
 
@@ -476,6 +498,8 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
         conds = per_fold[0][tag].get("conditions", {}) if per_fold else {}  # the vessel set's other cameras
         if conds:
             out[tag]["conditions"] = {c: summary([r[tag]["conditions"][c] for r in per_fold]) for c in conds}
+    if len(seeds) > 1 and spec.task == "classify":
+        out["seed_ensemble"] = seed_ensembles(spec, per_fold, fold_ids)
     out["ratio"] = summary([r["unimae"]["metric"] / r["reference"]["metric"] for r in per_fold
                              if r["reference"]["metric"] == r["reference"]["metric"] and r["reference"]["metric"] > 0])
     return out
@@ -549,6 +573,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "unimae_plain" in r:  # test-time augmentation: both models with and without it
             print(f"{'':<14}{'  without TTA':<20}{_fmt(r['unimae_plain']['metric']):>16}{_fmt(f['metric']):>16}")
             print(f"{'':<14}{'  both with TTA':<20}{_fmt(u['metric']):>16}{_fmt(r['reference_tta']['metric']):>16}")
+        if "fold_means" in u:  # several seeds: each fold's mean over them; their models averaged
+            print(f"{'':<14}{'  fold means':<20}{_fmt(u['fold_means']):>16}{_fmt(f['fold_means']):>16}")
+        ens = r.get("seed_ensemble") or {}
+        if "unimae" in ens and "reference" in ens:
+            print(f"{'':<14}{'  seeds averaged':<20}{_fmt(ens['unimae']):>16}{_fmt(ens['reference']):>16}")
         for tag, label in (("pretrained", "MAE pretrain + fine-tune"), ("scratch_equal", "scratch, same wall time")):
             if tag in r:
                 a = r[tag]

@@ -116,6 +116,12 @@ def test_each_seed_trains_both_arms_again_on_the_same_folds(capsys: pytest.Captu
     assert [(r["fold"], r["seed"]) for r in result["per_fold"]] == [(0, 0), (0, 1)] and result["seeds"] == [0, 1]
     runs = [r["unimae"]["metric"] for r in result["per_fold"]]
     assert result["unimae"]["fold_means"]["folds"] == [round(float(np.mean(runs)), 4)]
+    ensemble = result["seed_ensemble"]  # both seeds' held-out probabilities averaged, per arm
+    runs = result["per_fold"]
+    for tag in ("unimae", "reference"):
+        mean = np.mean([r[tag]["probs"] for r in runs], 0)
+        expected = np.mean([runs[0]["classes"][i] == t for i, t in zip(mean.argmax(1), runs[0]["truth"])])
+        assert ensemble[tag]["folds"] == [round(float(expected), 4)]
     assert bench.TRAINING["seed"] == 0  # left as it was
     with pytest.raises(SystemExit):
         bench.main(["--sets", "multispectral", "--seeds", "a,b"])
