@@ -461,28 +461,31 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
         groups = [r["patient_id"] for r in rows] if spec.grouped else None
         folds = stratified_folds([int(r["label"]) for r in rows], k, seed, groups=groups)
     per_fold = []
-    for train_seed in seeds:
-        TRAINING["seed"] = int(train_seed)
-        for fold in fold_ids:
-            work = Path(tempfile.mkdtemp(prefix=f"unimae-real-{name}-{fold}-"))
-            try:
-                t0 = time.perf_counter()
-                r = spec.run_fold(spec, real, fold, folds, rows, work, quick)
-                r["fold"] = int(fold)
-                r["seed"] = int(train_seed)
-                r["n_test"] = int((folds == fold).sum())
-                r["held_out"] = [f"{spec.folder}/{row['path' if spec.labelled else 'image']}"
-                                 for row, f in zip(rows, folds) if f == fold]  # fmt: skip
-                r["wall_s"] = time.perf_counter() - t0
-                per_fold.append(r)
-                if save_demo_to is not None and fold == fold_ids[0] and train_seed == seeds[0] and not quick:
-                    print(f"  saved {save_demo(name, work / 'unimae' / 'best', r, k, save_demo_to)}", file=sys.stderr)
-                print(f"  {name} fold {fold} seed {train_seed}: UniMAE {r['unimae']['metric']:.3f} "
-                      f"({r['unimae']['seconds']:.0f} s)  reference {r['reference']['metric']:.3f} "
-                      f"({r['reference']['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-    TRAINING["seed"] = 0
+    before = TRAINING["seed"]
+    try:
+        for train_seed in seeds:
+            TRAINING["seed"] = int(train_seed)
+            for fold in fold_ids:
+                work = Path(tempfile.mkdtemp(prefix=f"unimae-real-{name}-{fold}-"))
+                try:
+                    t0 = time.perf_counter()
+                    r = spec.run_fold(spec, real, fold, folds, rows, work, quick)
+                    r["fold"] = int(fold)
+                    r["seed"] = int(train_seed)
+                    r["n_test"] = int((folds == fold).sum())
+                    r["held_out"] = [f"{spec.folder}/{row['path' if spec.labelled else 'image']}"
+                                     for row, f in zip(rows, folds) if f == fold]  # fmt: skip
+                    r["wall_s"] = time.perf_counter() - t0
+                    per_fold.append(r)
+                    if save_demo_to is not None and fold == fold_ids[0] and train_seed == seeds[0] and not quick:
+                        print(f"  saved {save_demo(name, work / 'unimae' / 'best', r, k, save_demo_to)}", file=sys.stderr)
+                    print(f"  {name} fold {fold} seed {train_seed}: UniMAE {r['unimae']['metric']:.3f} "
+                          f"({r['unimae']['seconds']:.0f} s)  reference {r['reference']['metric']:.3f} "
+                          f"({r['reference']['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+    finally:
+        TRAINING["seed"] = before  # as it was, whatever happened
     out: dict[str, Any] = {"set": name, "metric": spec.metric, "reference_model": spec.reference, "folds": k,
                            "folds_run": list(fold_ids), "seeds": [int(x) for x in seeds], "per_fold": per_fold}  # fmt: skip
     tags = [tag for tag in ARMS if per_fold and tag in per_fold[0]]
