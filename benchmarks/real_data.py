@@ -9,7 +9,11 @@ chest X-rays grouped by patient so no patient is on both sides), then on every f
 * trains the reference a user would otherwise pick, from scratch, on the **same training items** (the same
   dataset object, so the same crops and augmentation) for the **same number of optimizer steps and batch
   size**: timm ``resnet18`` (classification) or MONAI ``BasicUNet`` (vessels); and scores it on the same
-  model-space inputs, mapped back to the source grid the same way.
+  model-space inputs, mapped back to the source grid the same way;
+* for the classification sets, also a baseline with no pixels at all: each channel's mean, standard deviation
+  and 10/50/90th percentiles of the same model-space input (a tile's spectrum, a film's intensity histogram)
+  and a small MLP (``channel_stats``; fixed settings, seconds to train). Where it scores close to the image
+  models, the labels are carried by global intensity, not by shape: read the image models' figures with that.
 
 It prints, per set: the metric (accuracy / vessel Dice inside the field of view / AUROC), training wall time,
 training samples/s and UniMAE / reference, as mean ± standard deviation over folds with the per-fold values.
@@ -57,6 +61,7 @@ from real_training import (  # noqa: E402
     ROOT,
     TRAINING,
     auroc,
+    channel_statistics,
     dice,
     pretrain_arms,
     reference_data,
@@ -65,6 +70,7 @@ from real_training import (  # noqa: E402
     stratified_folds,
     summary,
     train_reference,
+    train_statistics_classifier,
     write_csv,
 )
 
@@ -146,7 +152,18 @@ def classification_fold(
                             spatial_dims=view.image.ndim - 1, per_pixel=False)  # fmt: skip
         return [float(prob[ref_index[c]]) for c in classes]
 
-    arms: list[tuple[str, Callable, dict[str, Any]]] = [("unimae", score_unimae, ours), ("reference", score_ref, ref_run)]
+    def stats_of(path: Path) -> np.ndarray:  # the model's own view of the file (read, normalised, resized)
+        _, sample = predictor.load(path)
+        view = predictor._eval_view(sample)
+        return channel_statistics(view.image.float().numpy(), None if view.valid is None else view.valid.numpy())
+
+    # a third arm: each channel's statistics (a tile's spectrum) and a small MLP, all training images
+    stats_proba, stats_run = train_statistics_classifier(
+        np.stack([stats_of(root / r["path"]) for r in train_rows]), [classes.index(r["class_name"]) for r in train_rows],
+        len(classes), steps=20 if quick else 500)  # fmt: skip
+
+    arms: list[tuple[str, Callable, dict[str, Any]]] = [("unimae", score_unimae, ours), ("reference", score_ref, ref_run),
+                                                        ("channel_stats", lambda path: stats_proba(stats_of(path))[0].tolist(), stats_run)]  # fmt: skip
     if predictor.tta != "none":  # the same two models, the other way round: UniMAE in one pass, the reference with TTA
         plain = load_predictor(work / "unimae" / "best", device="cpu", precision="auto", tta="none")
         arms += [("unimae_plain", lambda path: [plain.predict(path, keep_source=False).probabilities[c] for c in classes], ours),
@@ -374,7 +391,7 @@ SETS = tuple(REAL_SETS)
 #: the arms a fold may report: UniMAE's shipped recipe (predicting as its checkpoint says, with the domain's
 #: test-time augmentation) and the reference; the same two models with TTA the other way round (UniMAE in one
 #: pass, the reference averaged over the same symmetries); --pretrain-epochs' two arms
-ARMS = ("unimae", "reference", "unimae_plain", "reference_tta", "pretrained", "scratch_equal")
+ARMS = ("unimae", "reference", "channel_stats", "unimae_plain", "reference_tta", "pretrained", "scratch_equal")
 
 
 def _rows(real: Path, name: str) -> list[dict[str, str]]:
@@ -481,7 +498,9 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
                         print(f"  saved {save_demo(name, work / 'unimae' / 'best', r, k, save_demo_to)}", file=sys.stderr)
                     print(f"  {name} fold {fold} seed {train_seed}: UniMAE {r['unimae']['metric']:.3f} "
                           f"({r['unimae']['seconds']:.0f} s)  reference {r['reference']['metric']:.3f} "
-                          f"({r['reference']['seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+                          f"({r['reference']['seconds']:.0f} s)"
+                          + (f"  channel stats {r['channel_stats']['metric']:.3f}" if "channel_stats" in r else ""),
+                          file=sys.stderr, flush=True)  # fmt: skip
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
     finally:
@@ -576,6 +595,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "unimae_plain" in r:  # test-time augmentation: both models with and without it
             print(f"{'':<14}{'  without TTA':<20}{_fmt(r['unimae_plain']['metric']):>16}{_fmt(f['metric']):>16}")
             print(f"{'':<14}{'  both with TTA':<20}{_fmt(u['metric']):>16}{_fmt(r['reference_tta']['metric']):>16}")
+        if "channel_stats" in r:  # the per-channel statistics baseline (a tile's spectrum + a small MLP)
+            cs = r["channel_stats"]
+            print(f"{'':<14}{'  channel stats+MLP':<20}{'':>16}{_fmt(cs['metric']):>16}{'':>8}"
+                  f"{'':>8} {cs['seconds']['mean']:<7.1f}")
         if "fold_means" in u:  # several seeds: each fold's mean over them; their models averaged
             print(f"{'':<14}{'  fold means':<20}{_fmt(u['fold_means']):>16}{_fmt(f['fold_means']):>16}")
         ens = r.get("seed_ensemble") or {}
