@@ -273,6 +273,7 @@ def card_markdown(entry: Any) -> str:
         f"held-out: {held_out}" if held_out else "",
         f"intended use: **{card.get('intended_use', 'demonstration, not for diagnosis')}**"
         + (f" · not for: {_fmt(card['not_for'])}" if card.get("not_for") else ""),
+        f"caveats: {_fmt(card['caveats'])}" if card.get("caveats") else "",
         f"retrain: `{card['retrain']}`" if card.get("retrain") else "",
     ]
     return "  \n".join(line for line in lines if line)

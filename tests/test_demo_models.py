@@ -27,6 +27,7 @@ CARD = {
     "metrics": {"split": "patient-wise hold-out", "model": {"auroc": 0.81}, "baseline_cnn": {"auroc": 0.77}},
     "intended_use": "demonstration, not for diagnosis",
     "not_for": "clinical use",
+    "caveats": "the pneumonia films of this subset are darker overall",
     "retrain": "python scripts/train_real_demo.py xray classify --data ../shared/real",
 }  # fmt: skip
 
@@ -145,7 +146,8 @@ def test_shipped_model_skips_its_build_and_carries_its_card_into_the_app(shipped
     xray = TaskPanel("xray", "classify", catalog, outputs, settings)
     card = xray.card("demo/xray_classify")
     for text in ("Model card", "NIH ChestX-ray14", "no restrictions", "Wang et al. 2017", "auroc 0.81",
-                 "baseline_cnn", "0.77", "not for diagnosis", "scripts/train_real_demo.py"):  # fmt: skip
+                 "baseline_cnn", "0.77", "not for diagnosis", "scripts/train_real_demo.py",
+                 "caveats: the pneumonia films of this subset are darker overall"):  # fmt: skip
         assert text in card, text
     assert "not meaningful" not in card
     src = next(p for p in bundle.examples["xray"] if p.suffix == ".png")

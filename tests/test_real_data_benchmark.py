@@ -160,3 +160,15 @@ def test_channel_statistics_baseline_reads_the_spectrum_inside_the_valid_pixels(
     assert run["samples"] == 100 * 40 and run["seconds"] >= 0
     again, _ = bench.train_statistics_classifier(feats, labels, 2, steps=100, seed=3)
     np.testing.assert_allclose(again(feats), proba(feats))
+
+
+def test_shipped_classifiers_carry_what_the_benchmark_found_against_them() -> None:
+    """The EuroSAT and chest X-ray demo models' cards say what ``real_data.py`` found (the band-statistics
+    baseline; the darker pneumonia films), the same words ``--save-demo`` writes."""
+    import json
+
+    bench = _bench()
+    for name in ("multispectral", "xray"):
+        spec = bench.REAL_SETS[name]
+        card = json.loads((ROOT / "domains" / spec.domain / "demo" / f"{spec.task}.json").read_text())["model_card"]
+        assert spec.caveat and card["caveats"] == spec.caveat
