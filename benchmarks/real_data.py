@@ -144,17 +144,22 @@ def classification_fold(
 
     ref_run = train_reference(ref, data.train, steps=ours["steps"], batch_size=ours["batch_size"], loss_fn=ce)
 
+    views: dict[Path, Any] = {}
+
+    def view_of(path: Path) -> Any:  # the model's view of a file (read, normalised, resized), read once per fold
+        if path not in views:
+            views[path] = predictor._eval_view(predictor.load(path)[1])
+        return views[path]
+
     def score_ref(path: Path, tta: str = "none") -> list[float]:
-        _, sample = predictor.load(path)
-        view = predictor._eval_view(sample)
+        view = view_of(path)
         with torch.inference_mode():
             prob = averaged(lambda x, v: torch.softmax(ref(x.float()[None]), 1)[0], view.image, view.valid, tta,
                             spatial_dims=view.image.ndim - 1, per_pixel=False)  # fmt: skip
         return [float(prob[ref_index[c]]) for c in classes]
 
-    def stats_of(path: Path) -> np.ndarray:  # the model's own view of the file (read, normalised, resized)
-        _, sample = predictor.load(path)
-        view = predictor._eval_view(sample)
+    def stats_of(path: Path) -> np.ndarray:
+        view = view_of(path)
         return channel_statistics(view.image.float().numpy(), None if view.valid is None else view.valid.numpy())
 
     # a third arm: each channel's statistics (a tile's spectrum) and a small MLP, all training images
@@ -385,9 +390,10 @@ REAL_SETS: dict[str, RealSet] = {
         "xray", "xray", "classify", "AUROC pneumonia", "timm resnet18", classification_fold,
         {"name": "536 NIH ChestX-ray14 frontal films (246 No finding, 290 Pneumonia), 256 px", **_NIH},
         positive="Pneumonia", grouped=True,
-        caveat="in this NIH subset the pneumonia films are darker overall (the median grey level alone ranks them "
-               "with AUROC 0.75), so part of what the model learned is how the film was taken, not the opacity; "
-               "expect lower scores where pneumonia and normal films are taken alike"),
+        caveat="in this NIH subset the pneumonia films are darker overall: a film's grey-level statistics alone, "
+               "with no pixel arrangement, reach AUROC 0.764 over 5 folds (README), so part of what the model learned "
+               "is how the film was taken, not the opacity; expect lower scores where pneumonia and normal films are "
+               "taken alike"),
     "xray_anomaly": RealSet(
         "xray", "xray", "anomaly", "image AUROC", "5-NN distance, 32 px normals", xray_anomaly_fold,
         {"name": "the No finding films of 536 NIH ChestX-ray14 frontal films, 256 px", **_NIH},
