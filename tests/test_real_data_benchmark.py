@@ -163,12 +163,13 @@ def test_channel_statistics_baseline_reads_the_spectrum_inside_the_valid_pixels(
 
 
 def test_shipped_classifiers_carry_what_the_benchmark_found_against_them() -> None:
-    """The EuroSAT and chest X-ray demo models' cards say what ``real_data.py`` found (the band-statistics
-    baseline; the darker pneumonia films), the same words ``--save-demo`` writes."""
+    """The EuroSAT and chest X-ray demo models' cards say what the benchmarks found (the band-statistics
+    baseline; the darker pneumonia films; anomaly maps that miss the radiologists' boxes), the same words
+    ``--save-demo`` writes."""
     import json
 
     bench = _bench()
-    for name in ("multispectral", "xray"):
+    for name in ("multispectral", "xray", "xray_anomaly"):
         spec = bench.REAL_SETS[name]
         card = json.loads((ROOT / "domains" / spec.domain / "demo" / f"{spec.task}.json").read_text())["model_card"]
         assert spec.caveat and card["caveats"] == spec.caveat
