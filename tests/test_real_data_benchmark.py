@@ -173,3 +173,21 @@ def test_shipped_classifiers_carry_what_the_benchmark_found_against_them() -> No
         spec = bench.REAL_SETS[name]
         card = json.loads((ROOT / "domains" / spec.domain / "demo" / f"{spec.task}.json").read_text())["model_card"]
         assert spec.caveat and card["caveats"] == spec.caveat
+
+
+@pytest.mark.skipif(not (REAL / "xray" / "manifest.csv").is_file(), reason="../shared/real (real training data) is absent")
+def test_the_anomaly_set_scores_both_references_on_the_held_out_patients(capsys: pytest.CaptureFixture) -> None:
+    """``xray_anomaly``: UniMAE's image score, the 5-NN distance of 32 px normal films and the 5-NN distance of
+    the films' intensity statistics (no pixel arrangement), each an AUROC over the same held-out films."""
+    import json
+
+    bench = _bench()
+    assert bench.main(["--quick", "--sets", "xray_anomaly", "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    fold = result["per_fold"][0]
+    assert fold["n_test"] > 50
+    for tag in ("unimae", "reference", "channel_stats"):
+        assert 0.0 <= fold[tag]["metric"] <= 1.0 and fold[tag]["seconds"] > 0, tag
+        assert result[tag]["metric"]["folds"] == [round(fold[tag]["metric"], 4)]
+    # the statistics reference is a real one: global intensity alone ranks these pneumonia films well above chance
+    assert fold["channel_stats"]["metric"] > 0.6
