@@ -20,7 +20,8 @@ training samples/s and UniMAE / reference, as mean ± standard deviation over fo
 With ``--seeds`` every fold is trained once per seed (both arms); the classification sets then also score each
 fold's models of all seeds averaged (``seed_ensemble``), UniMAE's and the reference's.
 The X-ray anomaly row compares the MAE anomaly recipe (trained on the normal training images only) with a
-nearest-neighbour reference on downsampled normal images. The fundus row also evaluates both vessel models on
+nearest-neighbour reference on downsampled normal images, and with the nearest-neighbour distance of each
+film's intensity statistics (``channel_stats``: no pixel arrangement, no labels). The fundus row also evaluates both vessel models on
 the held-out images rescaled (field of view 0.6x and 1.8x as wide) and with another colour balance, standing in
 for other cameras.
 
