@@ -152,7 +152,11 @@ def run(real: Path, boxes_path: Path, checkpoint: Path, finding: str = "Pneumoni
     from unimae.apps.predict import load_predictor
 
     root = Path(real) / "xray"
-    rows = list(csv.DictReader(open(root / "manifest.csv", newline="")))
+    with open(root / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = {"path", "class_name"} - set(rows[0] if rows else {})
+    if missing:
+        raise BoxError(f"{root / 'manifest.csv'}: no {', '.join(sorted(missing))} column")
     boxes = read_nih_boxes(boxes_path, finding)
     films = [r for r in rows if r["class_name"] != normal_class and Path(r["path"]).name in boxes]
     if not films:
