@@ -111,6 +111,17 @@ def unimae_fold(
     return FoldRun(root, config, train_rows, test_rows, train_csv, overrides, ours, predictor)
 
 
+def view_statistics(view: Any) -> np.ndarray:
+    """:func:`channel_statistics` of a predictor's model-space view of a file (over its valid pixels)."""
+    return channel_statistics(view.image.float().numpy(), None if view.valid is None else view.valid.numpy())
+
+
+def knn_distance(bank: np.ndarray, vector: np.ndarray, k: int = 5) -> float:
+    """The mean Euclidean distance of ``vector`` to its ``k`` nearest rows of ``bank``."""
+    d = np.sqrt(((bank - vector) ** 2).sum(1))
+    return float(np.sort(d)[:k].mean())
+
+
 # ------------------------------------------------------------------------------------------------
 # classification sets (EuroSAT-MS, chest X-ray)
 # ------------------------------------------------------------------------------------------------
@@ -160,8 +171,7 @@ def classification_fold(
         return [float(prob[ref_index[c]]) for c in classes]
 
     def stats_of(path: Path) -> np.ndarray:
-        view = view_of(path)
-        return channel_statistics(view.image.float().numpy(), None if view.valid is None else view.valid.numpy())
+        return view_statistics(view_of(path))
 
     # a third arm: each channel's statistics (a tile's spectrum) and a small MLP, all training images
     stats_proba, stats_run = train_statistics_classifier(
@@ -337,16 +347,14 @@ def xray_anomaly_fold(
     ref_fit = time.perf_counter() - t0
 
     def knn(path: Path) -> float:
-        d = np.sqrt(((bank - vec(path)) ** 2).sum(1))
-        return float(np.sort(d)[:5].mean())
+        return knn_distance(bank, vec(path))
 
     s_ref = [knn(root / r["path"]) for r in test_rows]
 
     # a second reference with no pixel arrangement: each film's intensity statistics (channel_statistics of the
     # model's own view of it), standardised over the normal training films, and the mean distance to the 5 nearest
     def stats_of(path: Path) -> np.ndarray:
-        view = predictor._eval_view(predictor.load(path)[1])
-        return channel_statistics(view.image.float().numpy(), None if view.valid is None else view.valid.numpy())
+        return view_statistics(predictor._eval_view(predictor.load(path)[1]))
 
     t0 = time.perf_counter()
     sbank = np.stack([stats_of(root / r["path"]) for r in train_rows if r["class_name"] == "No_findings"])
@@ -355,8 +363,7 @@ def xray_anomaly_fold(
     stats_fit = time.perf_counter() - t0
 
     def stats_knn(path: Path) -> float:
-        d = np.sqrt((((stats_of(path) - s_mean) / s_std - zbank) ** 2).sum(1))
-        return float(np.sort(d)[:5].mean())
+        return knn_distance(zbank, (stats_of(path) - s_mean) / s_std)
 
     s_stats = [stats_knn(root / r["path"]) for r in test_rows]
     return {"steps": ours["steps"],

@@ -150,6 +150,7 @@ def run(real: Path, boxes_path: Path, checkpoint: Path, finding: str = "Pneumoni
     from scipy.ndimage import gaussian_filter
 
     from unimae.apps.predict import load_predictor
+    from unimae.apps.predict_stream import top_mean
 
     root = Path(real) / "xray"
     with open(root / "manifest.csv", newline="") as fh:
@@ -194,17 +195,13 @@ def run(real: Path, boxes_path: Path, checkpoint: Path, finding: str = "Pneumoni
     if test and any(r["class_name"] == normal_class for r in test) and any(r["class_name"] != normal_class for r in test):
         truth = [r["class_name"] != normal_class for r in test]
         heats = [predictor.predict(root / r["path"], keep_source=False).heatmap.astype(np.float32) for r in test]
+        everywhere = np.ones(heats[0].shape, bool)
         out["image_auroc_held_out"] = {
             "films": len(test),
-            "unimae": auroc([_top_mean(h) for h in heats], truth),
-            "unimae_vs_normals": auroc([_top_mean(h / _resized(heat_mean, h.shape)) for h in heats], truth),
+            "unimae": auroc([top_mean(h, everywhere, 0.1) for h in heats], truth),
+            "unimae_vs_normals": auroc([top_mean(h / _resized(heat_mean, h.shape), everywhere, 0.1) for h in heats], truth),
         }
     return out
-
-
-def _top_mean(heat: np.ndarray, fraction: float = 0.1) -> float:
-    v = np.sort(np.asarray(heat, np.float64).ravel())
-    return float(v[-max(1, int(round(fraction * v.size))):].mean())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
