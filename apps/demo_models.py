@@ -96,7 +96,9 @@ TRAINED_ON = ("real", "synthetic")
 # ------------------------------------------------------------------------------------------------
 def check_model_card(card: Any, where: str | Path = "") -> dict[str, Any]:
     """The ``model_card`` of a demo checkpoint, checked: a dict with :data:`MODEL_CARD_KEYS`, ``trained_on`` one of
-    ``"real"`` / ``"synthetic"`` and ``data`` naming its source and licence. Raises :class:`InputError` otherwise."""
+    ``"real"`` / ``"synthetic"``, ``data`` naming its source and licence, and ``reliable`` (optional; false when the
+    benchmark found the model does not work: the app then withholds its verdict) a boolean. Raises
+    :class:`InputError` otherwise."""
     if not isinstance(card, Mapping):
         raise InputError("no model_card in the checkpoint JSON", where or None)
     missing = [k for k in MODEL_CARD_KEYS if k not in card]
@@ -109,6 +111,8 @@ def check_model_card(card: Any, where: str | Path = "") -> dict[str, Any]:
         raise InputError(f"model_card data must be a dict with {', '.join(_CARD_DATA_KEYS)}", where or None)
     if not isinstance(card["metrics"], Mapping):
         raise InputError("model_card metrics must be a dict", where or None)
+    if "reliable" in card and not isinstance(card["reliable"], bool):
+        raise InputError(f"model_card reliable must be true or false, not {card['reliable']!r}", where or None)
     return dict(card)
 
 

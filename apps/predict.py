@@ -182,6 +182,8 @@ def predict_paths(
     from tqdm.auto import tqdm
 
     predictor = load_predictor(checkpoint, device=device, precision=precision, tta=tta)
+    if predictor.not_reliable:
+        print(f"{PROG}: warning: this model's card marks it NOT RELIABLE: {predictor.not_reliable}", file=sys.stderr)
     items, skipped = collect_inputs(inputs, predictor.plugin)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

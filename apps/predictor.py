@@ -203,6 +203,16 @@ class Predictor(SceneStreaming):
                 f"{self.device} {self.precision})")  # fmt: skip
 
     @property
+    def not_reliable(self) -> str | None:
+        """Why the model should not be trusted when its model card says ``reliable: false`` (the card's caveats,
+        else a generic line); None for every other model. The app then withholds the anomaly verdict and outline,
+        and ``unimae predict`` warns."""
+        card = self.meta.get("model_card")
+        if isinstance(card, Mapping) and card.get("reliable") is False:
+            return str(card.get("caveats") or "its model card marks it not reliable")
+        return None
+
+    @property
     def num_outputs(self) -> int:
         """Channels of the per-pixel output: classes (segment) or 1 (anomaly)."""
         return len(self.class_names) if self.task_def.per_pixel and self.task_def.class_outputs else 1

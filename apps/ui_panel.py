@@ -276,6 +276,9 @@ def card_markdown(entry: Any) -> str:
         f"caveats: {_fmt(card['caveats'])}" if card.get("caveats") else "",
         f"retrain: `{card['retrain']}`" if card.get("retrain") else "",
     ]
+    if card.get("reliable") is False:
+        lines.insert(0, "⚠️ **Not reliable** (its benchmark says so, see the caveats): the app shows what it computes "
+                        "but withholds its verdict.")
     return "  \n".join(line for line in lines if line)
 
 
@@ -387,7 +390,7 @@ class TaskPanel:
             return dict(pred.probabilities or {})
         if task.pixel_labels:
             return legend_html(pred.class_names, view.colours, view.hidden, pred.class_fractions)
-        return anomaly_html(pred, view.vmax)
+        return anomaly_html(pred, view.vmax, withheld=bool(view.extra.get("verdict_withheld")))
 
     def status(self, view: Any, entry: Any, file_name: str, seconds: float, note: str = "") -> str:
         pred = view.pred
@@ -406,6 +409,9 @@ class TaskPanel:
             lines.append(f"test-time augmentation: mean of {n} {TTA_WORDS.get(p.tta, p.tta)} copies")
         if note:
             lines.append(note)
+        if view.extra.get("verdict_withheld"):
+            lines.append("⚠️ **its model card marks this model NOT RELIABLE: no verdict and no outline are drawn** "
+                         "(the map is shown for inspection; type a threshold to outline it)")
         if entry.trained_on == "synthetic":
             from unimae.apps.demo_models import SYNTHETIC_NOTICE
 
@@ -484,6 +490,9 @@ class TaskPanel:
                 raise InputError(f"threshold must be a number >= 0 for an anomaly model, got {threshold!r}")
             pred = predictor.predict(path, threshold=None if threshold is None else float(threshold),
                                      progress=progress is not None and self.plugin.spatial_dims == 3)  # fmt: skip
+            withheld = self.task_def.calibrated and threshold is None and bool(predictor.not_reliable)
+            if withheld:  # a model its card marks not reliable: the map only, no verdict and no outline
+                pred = replace(pred, threshold=None, image_threshold=None, anomaly_mask=None, is_anomalous=None)
             if progress is not None:
                 progress(0.85, desc="drawing and writing the results")
             view = prepare_view(pred, self.plugin)
@@ -492,6 +501,8 @@ class TaskPanel:
                 cal = (anomaly or {}).get("pixel_threshold") if isinstance(anomaly, Mapping) else None
                 view.calibrated = float(cal) if isinstance(cal, (int, float)) and cal > 0 else pred.threshold
             view.extra = {"model": entry.key, "trained_on": entry.trained_on}
+            if withheld:
+                view.extra["verdict_withheld"] = f"the model card marks this model not reliable: {predictor.not_reliable}"
             if entry.trained_on == "real" and entry.model_card:
                 view.extra["model_data"] = (entry.model_card.get("data") or {}).get("name")
             note = ""
@@ -574,7 +585,10 @@ class TaskPanel:
         pred = view.pred
         if pred.heatmap is not None:  # anomaly
             cal, top = self.scale(view)
-            value = float(pred.threshold) if pred.threshold is not None else 0.5 * top
+            if pred.threshold is not None:
+                value = float(pred.threshold)
+            else:  # no threshold: the right end (nothing flagged) when the verdict is withheld, else the middle
+                value = top if view.extra.get("verdict_withheld") else 0.5 * top
             middle = f"{cal:.4g} (calibrated)" if cal is not None and 0 < cal < top else f"{0.5 * top:.4g}"
             scale_update = gr.update(value=self.position_from_threshold(view, value), interactive=True,
                                      label=f"threshold scale: left 0 · middle {middle} · right {top:.4g} (nothing "

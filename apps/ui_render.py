@@ -521,10 +521,13 @@ def _gradient_css() -> str:
     return ", ".join(f"{_hex(c)} {int(100 * s)}%" for c, s in zip(cols, stops))
 
 
-def anomaly_html(pred: Any, vmax: float) -> str:
-    """The image score, its verdict against the image threshold, the pixel threshold and a colour bar."""
+def anomaly_html(pred: Any, vmax: float, withheld: bool = False) -> str:
+    """The image score, its verdict against the image threshold, the pixel threshold and a colour bar
+    (``withheld``: no verdict, the model's card marks it not reliable)."""
     score = float(pred.score) if pred.score is not None else float("nan")
-    if pred.is_anomalous is None:
+    if withheld:
+        verdict = '<span class="unimae-verdict unimae-bad">no verdict: this model is marked not reliable (see its card)</span>'
+    elif pred.is_anomalous is None:
         verdict = '<span class="unimae-verdict">no calibrated image threshold</span>'
     elif pred.is_anomalous:
         verdict = '<span class="unimae-verdict unimae-bad">anomalous</span>'

@@ -392,6 +392,7 @@ class RealSet(NamedTuple):
     labelled: bool = True  # folds stratified by label (else round-robin: DRIVE has one label map per image)
     baseline_note: str = ", trained from scratch on the same fold and steps"
     caveat: str = ""  # what the benchmark found that a user of the shipped model should know (its card's caveats)
+    reliable: bool = True  # False: the benchmark found the recipe does not work (the card says so; the app withholds its verdict)
 
 
 _NIH = {"source": "NIH Clinical Center ChestX-ray14 via DarkCovidNet's X-Ray Image DataSet",
@@ -431,7 +432,8 @@ REAL_SETS: dict[str, RealSet] = {
                "0.804 on its held-out fold), because its score follows the film's overall brightness (rank "
                "correlation -0.73 with the mean grey level), not a local finding; and the map does not point at "
                "the pneumonia: on 28 NIH films with a radiologist's box its hottest pixel falls in the box on 2 "
-               "(chance 0.09), pixel AUROC 0.56 (benchmarks/xray_localization.py; README)"),
+               "(chance 0.09), pixel AUROC 0.56 (benchmarks/xray_localization.py; README)",
+        reliable=False),
 }  # fmt: skip
 SETS = tuple(REAL_SETS)
 #: the arms a fold may report: UniMAE's shipped recipe (predicting as its checkpoint says, with the domain's
@@ -501,6 +503,7 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
         "not_for": "clinical use, images unlike the training data (other modalities, views, sensors, processing "
                    "levels), or any decision about a patient or a place",
         **({"caveats": spec.caveat} if spec.caveat else {}),
+        **({} if spec.reliable else {"reliable": False}),
         "retrain": f"python benchmarks/real_data.py --real PATH/TO/real --sets {name} --run-folds {result['fold']} "
                    "--save-demo   # PATH/TO/real laid out like ../shared/real",
         "held_out": list(result.get("held_out", [])),  # the files it never saw (the app's real-file tests use them)

@@ -497,6 +497,9 @@ def test_real_xray_anomaly_is_not_inverted(real_app, tmp_path):
             page.wait_for_function("(old) => { const s = document.querySelector('#xray_anomaly-summary');"
                                    " return s && s.innerText !== old; }", arg=summary_before)  # a fresh summary
             text = page.locator("#xray_anomaly-summary").inner_text()
+            # the card marks this model not reliable: the map and score are shown, the verdict is withheld
+            assert "no verdict" in text and "within normal range" not in text, text
+            assert "NOT RELIABLE" in page.locator("#xray_anomaly-status").inner_text()
             found = re.search(r"image score\s*([0-9.eE+-]+)", text)
             assert found, f"no image score in the summary: {text!r}"
             scores[label].append(float(found.group(1)))

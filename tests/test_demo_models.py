@@ -194,3 +194,56 @@ def test_pyproject_ships_the_demo_models_as_package_data():
         package = f"unimae.domains.{domain}"
         assert package in conf["packages"]
         assert {"demo/*.safetensors", "demo/*.json"} <= set(data.get(package, [])), package
+
+
+def test_a_model_its_card_marks_not_reliable_gets_no_verdict_in_the_app_and_a_warning_from_predict(tmp_path, capsys):
+    """``reliable: false`` on the card (the benchmark found the recipe does not work): the app shows the anomaly map
+    but withholds the calibrated verdict and outline until the user types a threshold; ``unimae predict`` warns.
+    The same model with the key absent keeps both."""
+    from unimae.apps.cli import main
+    from unimae.apps.ui_models import ModelCatalog
+    from unimae.apps.ui_panel import AppSettings, OutputDirs, TaskPanel
+
+    caveat = "ranks pneumonia films below normal ones on 7 of 10 seeds"
+    flagged = _ship(tmp_path / "flagged" / "domains", "xray", "anomaly", card={**CARD, "caveats": caveat, "reliable": False})
+    meta = json.loads(flagged.read_text())
+    assert meta["anomaly"]["image_threshold"] is not None and meta["anomaly"]["pixel_threshold"] is not None
+    plain = tmp_path / "plain.json"  # the same weights, the card without the key
+    plain.write_text(json.dumps({**meta, "model_card": CARD}))
+    (tmp_path / "plain.safetensors").write_bytes(flagged.with_suffix(".safetensors").read_bytes())
+    _, examples = dm.ensure_examples("test", tmp_path / "examples")
+    src = next(p for p in examples["xray"] if p.suffix == ".png")
+    outputs, settings = OutputDirs(60, root=tmp_path), AppSettings(device="cpu", precision="fp32")
+
+    panel = TaskPanel("xray", "anomaly", ModelCatalog({"xray_anomaly": flagged}), outputs, settings)
+    assert "Not reliable" in panel.card(None) and caveat in panel.card(None)
+    _, summary, files, report, status, view = panel.run(str(src))
+    assert view.pred.heatmap is not None and view.mask is None and view.pred.anomaly_mask is None
+    assert report["is_anomalous"] is None and caveat in report["verdict_withheld"]
+    assert "no verdict: this model is marked not reliable" in summary and "anomalous<" not in summary
+    assert "NOT RELIABLE" in status and not any("anomaly_mask" in f for f in files)
+    _, scale, box = panel.controls(view)
+    assert scale["value"] == 1.0  # the scale's right end: nothing flagged, as drawn
+    thr = float(view.pred.heatmap.min())  # the user's own threshold still outlines the map
+    _, summary2, files2, _, view2 = panel.rethreshold(view, thr)
+    assert view2.pred.anomaly_mask is not None and view2.pred.anomaly_mask.any() and view2.mask is not None
+    assert "no verdict" in summary2 and any("anomaly_mask" in f for f in files2)
+
+    kept = TaskPanel("xray", "anomaly", ModelCatalog({"xray_anomaly": plain}), outputs, settings)
+    _, summary, _, report, status, view = kept.run(str(src))
+    assert report["is_anomalous"] is not None and "verdict_withheld" not in report and view.pred.threshold is not None
+    assert "no verdict" not in summary and "NOT RELIABLE" not in status
+    assert "Not reliable" not in kept.card(None)
+
+    capsys.readouterr()
+    for ckpt, warned in ((flagged, True), (plain, False)):
+        rc = main(["predict", "--checkpoint", str(ckpt), "--input", str(src), "--output", str(tmp_path / f"pred-{warned}"),
+                   "--device", "cpu", "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 0 and ("NOT RELIABLE" in err and caveat in err) == warned, err
+
+
+def test_a_card_whose_reliable_is_not_a_boolean_is_refused():
+    with pytest.raises(InputError, match="reliable must be true or false"):
+        dm.check_model_card({**CARD, "reliable": "no"})
+    assert dm.check_model_card({**CARD, "reliable": False})["reliable"] is False
