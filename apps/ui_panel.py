@@ -270,7 +270,8 @@ def card_markdown(entry: Any) -> str:
     lines = [
         f"**Model card** · trained on real images: **{name}**{citation}",
         f"licence: {data.get('licence', 'not stated')} · source: {data.get('source', 'not stated')}",
-        f"held-out: {held_out}" if held_out else "",
+        (f"cross-validated ({metrics['estimate']}; trained on all the images): {held_out}"
+         if isinstance(metrics, Mapping) and metrics.get("estimate") else f"held-out: {held_out}") if held_out else "",
         f"intended use: **{card.get('intended_use', 'demonstration, not for diagnosis')}**"
         + (f" · not for: {_fmt(card['not_for'])}" if card.get("not_for") else ""),
         f"caveats: {_fmt(card['caveats'])}" if card.get("caveats") else "",

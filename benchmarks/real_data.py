@@ -466,8 +466,26 @@ def card_summary(spec: RealSet, ours: float, ref: float, n_test: int, tta: dict[
             "a margin of a few hundredths may not hold on other images (other folds: the README's results on real data).")
 
 
-def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_root: Path) -> Path:
-    """Ship the fold's UniMAE model as the domain's demo model: fp16 safetensors + JSON with a model card."""
+def card_summary_all(spec: RealSet, cv: dict[str, Any], n_images: int) -> str:
+    """The model card's verdict for a model trained on every image: its expected performance is the same recipe's
+    cross-validation (``cv``: :func:`run_set`'s summary of the same run), beside the baseline's on the same folds."""
+    u, r = cv["unimae"]["metric"], cv["reference"]["metric"]
+    runs = len(u["folds"])
+    wins = sum(a > b for a, b in zip(u["folds"], r["folds"]))
+    verdict = (f"ahead on average by {u['mean'] - r['mean']:.3f}" if u["mean"] > r["mean"]
+               else f"it does NOT beat the baseline on average ({u['mean'] - r['mean']:+.3f})")  # fmt: skip
+    return (f"Trained on all {n_images} images. Its expected performance is the same recipe's {cv['folds']}-fold "
+            f"cross-validation in the same run ({runs} runs, seeds {', '.join(map(str, cv['seeds']))}): {spec.metric} "
+            f"{u['mean']:.3f} +- {u['std']:.3f}; the baseline ({spec.reference}) scores {r['mean']:.3f} +- "
+            f"{r['std']:.3f} on the same folds: {verdict}, better in {wins} of {runs} runs. No image of this set is "
+            "held out from this model: judge it by those figures, or on images of your own.")
+
+
+def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_root: Path,
+              cv: dict[str, Any] | None = None, n_images: int = 0) -> Path:
+    """Ship a UniMAE model as the domain's demo model: fp16 safetensors + JSON with a model card. ``result`` is
+    the fold's (the model trained on the other folds); with ``cv`` (:func:`run_set`'s summary) the model was
+    trained on all ``n_images`` images and the card gives the cross-validation instead."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -480,33 +498,53 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
     meta.pop("run_config", None)
     if isinstance(meta.get("config"), dict):  # no paths of this machine in a shipped file
         meta["config"].setdefault("data", {})["train"] = (f"../shared/real/{spec.folder}/manifest.csv "
-                                                          "(the training folds of benchmarks/real_data.py)")
+                                                          + ("(all of it)" if cv is not None else
+                                                             "(the training folds of benchmarks/real_data.py)"))
         meta["config"]["out_dir"] = f"domains/{domain}/demo"
     for key in ("data_source", "val_source", "out_dir"):
         meta.pop(key, None)
-    u, ref = result["unimae"]["metric"], result["reference"]["metric"]
-    tta = None
-    if "unimae_plain" in result:
-        tta = {"mode": meta.get("contract", {}).get("tta", "none"), "unimae_without": round(float(result["unimae_plain"]["metric"]), 4),
-               "baseline_with": round(float(result["reference_tta"]["metric"]), 4)}  # fmt: skip
+    if cv is not None:  # trained on every image: the card gives the same run's cross-validation
+        uc, rc = cv["unimae"]["metric"], cv["reference"]["metric"]
+        used = (f"all {n_images} images; the figures are the same recipe's {k}-fold cross-validation in the same "
+                "run (each fold's model trained on the other folds)")  # fmt: skip
+        metrics = {"metric": spec.metric, "estimate": f"{k}-fold cross-validation, seeds {cv['seeds']}",
+                   "unimae": round(uc["mean"], 4), "unimae_std": round(uc["std"], 4), "unimae_folds": uc["folds"],
+                   "baseline": spec.reference + spec.baseline_note, "baseline_value": round(rc["mean"], 4),
+                   "baseline_std": round(rc["std"], 4), "baseline_folds": rc["folds"],
+                   "beats_baseline": bool(uc["mean"] > rc["mean"]),
+                   **({"channel_statistics": round(cv["channel_stats"]["metric"]["mean"], 4)}
+                      if "channel_stats" in cv else {})}  # fmt: skip
+        verdict = card_summary_all(spec, cv, n_images)
+    else:
+        u, ref = result["unimae"]["metric"], result["reference"]["metric"]
+        tta = None
+        if "unimae_plain" in result:
+            tta = {"mode": meta.get("contract", {}).get("tta", "none"),
+                   "unimae_without": round(float(result["unimae_plain"]["metric"]), 4),
+                   "baseline_with": round(float(result["reference_tta"]["metric"]), 4)}  # fmt: skip
+        used = folds_used(spec, k, int(result["fold"]), int(result["n_test"]))
+        metrics = {"metric": spec.metric, "held_out_fold": result["fold"], "unimae": round(float(u), 4),
+                   "baseline": spec.reference + spec.baseline_note,
+                   "baseline_value": round(float(ref), 4),
+                   "beats_baseline": bool(u > ref),
+                   **({"other_cameras": result["unimae"].get("conditions")} if "conditions" in result["unimae"] else {}),
+                   **({"test_time_augmentation": tta} if tta else {})}  # fmt: skip
+        verdict = card_summary(spec, float(u), float(ref), int(result["n_test"]), tta)
     meta["model_card"] = {
         "trained_on": "real",
-        "data": {**data_card, "used": folds_used(spec, k, int(result["fold"]), int(result["n_test"]))},
-        "metrics": {"metric": spec.metric, "held_out_fold": result["fold"], "unimae": round(float(u), 4),
-                    "baseline": spec.reference + spec.baseline_note,
-                    "baseline_value": round(float(ref), 4),
-                    "beats_baseline": bool(u > ref),
-                    **({"other_cameras": result["unimae"].get("conditions")} if "conditions" in result["unimae"] else {}),
-                    **({"test_time_augmentation": tta} if tta else {})},
-        "summary": card_summary(spec, float(u), float(ref), int(result["n_test"]), tta),
+        "data": {**data_card, "used": used},
+        "metrics": metrics,
+        "summary": verdict,
         "intended_use": "demonstration of UniMAE on real images, not for diagnosis or any operational decision",
         "not_for": "clinical use, images unlike the training data (other modalities, views, sensors, processing "
                    "levels), or any decision about a patient or a place",
         **({"caveats": spec.caveat} if spec.caveat else {}),
         **({} if spec.reliable else {"reliable": False}),
-        "retrain": f"python benchmarks/real_data.py --real PATH/TO/real --sets {name} --run-folds {result['fold']} "
-                   "--save-demo   # PATH/TO/real laid out like ../shared/real",
-        "held_out": list(result.get("held_out", [])),  # the files it never saw (the app's real-file tests use them)
+        "retrain": (f"python benchmarks/real_data.py --real PATH/TO/real --sets {name} --save-demo all"
+                    if cv is not None else
+                    f"python benchmarks/real_data.py --real PATH/TO/real --sets {name} --run-folds {result['fold']} "
+                    "--save-demo") + "   # PATH/TO/real laid out like ../shared/real",
+        "held_out": [] if cv is not None else list(result.get("held_out", [])),  # files it never saw (the app's real-file tests use them)
     }
     tmp_t, tmp_j = dest / f".{task}.safetensors.tmp", dest / f".{task}.json.tmp"
     save_file(tensors, str(tmp_t), metadata={"format": "pt"})
@@ -517,9 +555,11 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
 
 
 def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool, seed: int = 0,
-            save_demo_to: Path | None = None, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
+            save_demo_to: Path | None = None, seeds: Sequence[int] = (0,), save_all: bool = False) -> dict[str, Any]:
     """Every fold of ``fold_ids`` once per training seed of ``seeds`` (``seed`` makes the folds). The summaries
-    are over every (fold, seed) run; with several seeds, ``fold_means`` summarises each fold's mean over seeds."""
+    are over every (fold, seed) run; with several seeds, ``fold_means`` summarises each fold's mean over seeds.
+    ``save_demo_to``: ship the first fold's model as the demo model, or with ``save_all`` one trained afterwards on
+    every image of the set (first seed), its card giving this run's cross-validation."""
     spec = REAL_SETS[name]
     rows = _rows(real, name)
     if not spec.labelled:
@@ -544,7 +584,8 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
                                      for row, f in zip(rows, folds) if f == fold]  # fmt: skip
                     r["wall_s"] = time.perf_counter() - t0
                     per_fold.append(r)
-                    if save_demo_to is not None and fold == fold_ids[0] and train_seed == seeds[0] and not quick:
+                    if (save_demo_to is not None and not save_all and fold == fold_ids[0] and train_seed == seeds[0]
+                            and not quick):  # fmt: skip
                         print(f"  saved {save_demo(name, work / 'unimae' / 'best', r, k, save_demo_to)}", file=sys.stderr)
                     print(f"  {name} fold {fold} seed {train_seed}: UniMAE {r['unimae']['metric']:.3f} "
                           f"({r['unimae']['seconds']:.0f} s)  reference {r['reference']['metric']:.3f} "
@@ -574,6 +615,16 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
         out["seed_ensemble"] = seed_ensembles(spec, per_fold, fold_ids)
     out["ratio"] = summary([r["unimae"]["metric"] / r["reference"]["metric"] for r in per_fold
                              if r["reference"]["metric"] == r["reference"]["metric"] and r["reference"]["metric"] > 0])
+    if save_demo_to is not None and save_all and not quick:
+        work = Path(tempfile.mkdtemp(prefix=f"unimae-real-{name}-all-"))
+        try:
+            TRAINING["seed"] = int(seeds[0])
+            unimae_fold(spec, real, -1, np.zeros(len(rows), int), rows, work, quick)  # fold -1: no image held out
+            path = save_demo(name, work / "unimae" / "best", {}, k, save_demo_to, cv=out, n_images=len(rows))
+            print(f"  saved {path} (trained on all {len(rows)} images)", file=sys.stderr)
+        finally:
+            TRAINING["seed"] = before
+            shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -597,8 +648,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pretrain-epochs", type=float, default=0.0, metavar="E",
                     help="also run `unimae pretrain` for E passes over each fold's training images, fine-tune from "
                          "it, and fine-tune from scratch for the same total wall time (classification and vessel sets)")
-    ap.add_argument("--save-demo", action="store_true",
-                    help="ship the first fold's UniMAE model as the domain's demo model (domains/<d>/demo/)")
+    ap.add_argument("--save-demo", nargs="?", const="fold", choices=("fold", "all"), default=None,
+                    help="ship a UniMAE model as the domain's demo model (domains/<d>/demo/): 'fold' (the default) "
+                         "the first fold's, its card giving that fold's held-out figures; 'all' one trained on every "
+                         "image after the cross-validation, its card giving the cross-validation's figures")
     args = ap.parse_args(argv)
     if not args.real.is_dir():
         print(f"real data folder {args.real} not found: nothing to benchmark (see ../shared/real/README.md)")
@@ -627,7 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         print(f"{name}: {len(fold_ids)} of {args.folds} folds x {len(seeds)} seed(s)", file=sys.stderr, flush=True)
         results.append(run_set(name, args.real, args.folds, fold_ids, args.quick,
-                               save_demo_to=ROOT / "domains" if args.save_demo else None, seeds=seeds))
+                               save_demo_to=ROOT / "domains" if args.save_demo else None, seeds=seeds,
+                               save_all=args.save_demo == "all"))  # fmt: skip
     machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
     if args.json:

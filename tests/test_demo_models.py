@@ -247,3 +247,14 @@ def test_a_card_whose_reliable_is_not_a_boolean_is_refused():
     with pytest.raises(InputError, match="reliable must be true or false"):
         dm.check_model_card({**CARD, "reliable": "no"})
     assert dm.check_model_card({**CARD, "reliable": False})["reliable"] is False
+
+
+def test_the_card_of_a_model_trained_on_every_image_says_its_figures_are_cross_validated():
+    from types import SimpleNamespace
+
+    from unimae.apps.ui_panel import card_markdown
+
+    metrics = {"metric": "accuracy", "estimate": "5-fold cross-validation, seeds [0]", "unimae": 0.75, "baseline_value": 0.76}
+    text = card_markdown(SimpleNamespace(trained_on="real", model_card={**CARD, "metrics": metrics}))
+    assert "cross-validated (5-fold cross-validation, seeds [0]; trained on all the images)" in text and "held-out" not in text
+    assert "held-out: split: patient-wise hold-out" in card_markdown(SimpleNamespace(trained_on="real", model_card=CARD))

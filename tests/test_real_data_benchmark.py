@@ -193,3 +193,59 @@ def test_the_anomaly_set_scores_both_references_on_the_held_out_patients(capsys:
         assert result[tag]["metric"]["folds"] == [round(fold[tag]["metric"], 4)]
     # the statistics reference is a real one: global intensity alone ranks these pneumonia films well above chance
     assert fold["channel_stats"]["metric"] > 0.6
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    """A stand-in for a trained model's ``best.{safetensors,json}``: what ``save_demo`` copies, not a model."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    stem = tmp_path / "run" / "best"
+    stem.parent.mkdir(parents=True)
+    save_file({"w": torch.ones(2, 3), "n": torch.tensor([3])}, str(stem) + ".safetensors")
+    (tmp_path / "run" / "best.json").write_text(json.dumps(
+        {"contract": {"tta": "none"}, "config": {"data": {"train": "/home/me/data.csv"}, "out_dir": "/home/me/run"},
+         "run_config": {"x": 1}, "data_source": "/home/me/data.csv", "out_dir": "/home/me/run"}))
+    return stem
+
+
+def test_save_demo_writes_a_held_out_fold_card_or_a_cross_validation_card_for_a_model_of_every_image(tmp_path) -> None:
+    """``--save-demo`` (fold): the fold's model, its card giving that fold's held-out figures and files;
+    ``--save-demo all``: a model of every image, its card giving the same run's cross-validation and no held-out
+    file. Both cards pass the app's check, carry no path of this machine and keep the weights in fp16."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from unimae.apps.demo_models import check_model_card
+
+    bench = _bench()
+    stem = _checkpoint(tmp_path)
+    fold = {"fold": 0, "n_test": 44, "unimae": {"metric": 0.74}, "reference": {"metric": 0.70},
+            "held_out": ["multispectral/a.tif", "multispectral/b.tif"]}  # fmt: skip
+    path = bench.save_demo("multispectral", stem, fold, 5, tmp_path / "domains")
+    meta = json.loads(path.read_text())
+    card = check_model_card(meta["model_card"])
+    assert path == tmp_path / "domains" / "multispectral" / "demo" / "classify.json"
+    assert card["metrics"]["held_out_fold"] == 0 and card["metrics"]["unimae"] == 0.74 and card["metrics"]["beats_baseline"]
+    assert card["held_out"] == fold["held_out"] and "--run-folds 0 --save-demo" in card["retrain"]
+    assert "fold 0 held out, 44 images" in card["data"]["used"] and "beats the baseline there, by 0.040" in card["summary"]
+
+    cv = {"folds": 5, "seeds": [0], "unimae": {"metric": {"mean": 0.75, "std": 0.04, "folds": [0.7, 0.8, 0.75, 0.72, 0.78]}},
+          "reference": {"metric": {"mean": 0.76, "std": 0.05, "folds": [0.72, 0.79, 0.70, 0.80, 0.79]}},
+          "channel_stats": {"metric": {"mean": 0.77, "std": 0.02, "folds": [0.77] * 5}}}  # fmt: skip
+    path = bench.save_demo("multispectral", stem, {}, 5, tmp_path / "domains", cv=cv, n_images=216)
+    meta = json.loads(path.read_text())
+    card = check_model_card(meta["model_card"])
+    m = card["metrics"]
+    assert (m["unimae"], m["unimae_std"], m["baseline_value"], m["channel_statistics"]) == (0.75, 0.04, 0.76, 0.77)
+    assert m["unimae_folds"] == cv["unimae"]["metric"]["folds"] and m["beats_baseline"] is False
+    assert "held_out_fold" not in m and card["held_out"] == [] and card["retrain"].split("#")[0].endswith("--save-demo all   ")
+    assert card["data"]["used"].startswith("all 216 images") and "Trained on all 216 images" in card["summary"]
+    assert "does NOT beat the baseline on average (-0.010)" in card["summary"] and "better in 2 of 5 runs" in card["summary"]
+    assert card["caveats"] == bench.REAL_SETS["multispectral"].caveat
+    assert "/home/me" not in path.read_text() and "run_config" not in meta and "(all of it)" in meta["config"]["data"]["train"]
+    weights = load_file(str(path.with_suffix(".safetensors")))
+    assert weights["w"].dtype.is_floating_point and str(weights["w"].dtype) == "torch.float16" and weights["n"].tolist() == [3]
