@@ -266,7 +266,8 @@ def card_markdown(entry: Any) -> str:
     name = data.get("name") or "public images"
     citation = f" ({data['citation']})" if data.get("citation") else ""
     metrics = card.get("metrics") or {}
-    held_out = "; ".join(f"{k}: {_fmt(v)}" for k, v in metrics.items()) if isinstance(metrics, Mapping) else _fmt(metrics)
+    held_out = ("; ".join(f"{k}: {_fmt(v)}" for k, v in metrics.items() if k != "estimate")
+                if isinstance(metrics, Mapping) else _fmt(metrics))  # fmt: skip
     lines = [
         f"**Model card** · trained on real images: **{name}**{citation}",
         f"licence: {data.get('licence', 'not stated')} · source: {data.get('source', 'not stated')}",

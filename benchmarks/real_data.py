@@ -474,8 +474,10 @@ def card_summary_all(spec: RealSet, cv: dict[str, Any], n_images: int) -> str:
     wins = sum(a > b for a, b in zip(u["folds"], r["folds"]))
     verdict = (f"ahead on average by {u['mean'] - r['mean']:.3f}" if u["mean"] > r["mean"]
                else f"it does NOT beat the baseline on average ({u['mean'] - r['mean']:+.3f})")  # fmt: skip
+    which = (f"{runs} runs" if len(cv.get("folds_run", range(cv["folds"]))) == cv["folds"]
+             else f"folds {', '.join(map(str, cv['folds_run']))} only, {runs} run{'s' if runs > 1 else ''}")  # fmt: skip
     return (f"Trained on all {n_images} images. Its expected performance is the same recipe's {cv['folds']}-fold "
-            f"cross-validation in the same run ({runs} runs, seeds {', '.join(map(str, cv['seeds']))}): {spec.metric} "
+            f"cross-validation in the same run ({which}; seeds {', '.join(map(str, cv['seeds']))}): {spec.metric} "
             f"{u['mean']:.3f} +- {u['std']:.3f}; the baseline ({spec.reference}) scores {r['mean']:.3f} +- "
             f"{r['std']:.3f} on the same folds: {verdict}, better in {wins} of {runs} runs. No image of this set is "
             "held out from this model: judge it by those figures, or on images of your own.")
@@ -507,13 +509,21 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
         uc, rc = cv["unimae"]["metric"], cv["reference"]["metric"]
         used = (f"all {n_images} images; the figures are the same recipe's {k}-fold cross-validation in the same "
                 "run (each fold's model trained on the other folds)")  # fmt: skip
-        metrics = {"metric": spec.metric, "estimate": f"{k}-fold cross-validation, seeds {cv['seeds']}",
+        tta_cv = ({"mode": meta.get("contract", {}).get("tta", "none"),
+                   "unimae_without": round(cv["unimae_plain"]["metric"]["mean"], 4),
+                   "baseline_with": round(cv["reference_tta"]["metric"]["mean"], 4)}
+                  if "unimae_plain" in cv and "reference_tta" in cv else None)  # fmt: skip
+        runs = f"folds {cv['folds_run']}" if len(cv.get("folds_run", ())) != k else "every fold"
+        metrics = {"metric": spec.metric, "estimate": f"{k}-fold cross-validation ({runs}), seeds {cv['seeds']}",
                    "unimae": round(uc["mean"], 4), "unimae_std": round(uc["std"], 4), "unimae_folds": uc["folds"],
                    "baseline": spec.reference + spec.baseline_note, "baseline_value": round(rc["mean"], 4),
                    "baseline_std": round(rc["std"], 4), "baseline_folds": rc["folds"],
                    "beats_baseline": bool(uc["mean"] > rc["mean"]),
                    **({"channel_statistics": round(cv["channel_stats"]["metric"]["mean"], 4)}
-                      if "channel_stats" in cv else {})}  # fmt: skip
+                      if "channel_stats" in cv else {}),
+                   **({"other_cameras": {c: round(v["mean"], 4) for c, v in uc_conditions.items()}}
+                      if (uc_conditions := cv["unimae"].get("conditions")) else {}),
+                   **({"test_time_augmentation": tta_cv} if tta_cv else {})}  # fmt: skip
         verdict = card_summary_all(spec, cv, n_images)
     else:
         u, ref = result["unimae"]["metric"], result["reference"]["metric"]

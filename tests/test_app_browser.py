@@ -435,12 +435,16 @@ def test_real_eurosat_tiles_get_their_class(real_app, tmp_path):
             wrong.append(f"{r['path']}: {got}")
         if cls == "Forest":
             _screenshot(page, tmp_path, "multispectral_real")
-    # chance is 1 in 10; the model's held-out accuracy is about 0.74 (benchmarks/real_data.py, fold 0)
-    assert len(picks) == 10 and len(wrong) <= 5, f"EuroSAT tiles classified wrongly: {wrong}"
+    # chance is 1 in 10. A model of 4 folds is shown its held-out tiles (its held-out accuracy is about 0.73:
+    # at most 5 wrong); the shipped model is trained on every tile (accuracy 0.96 on them through the predictor,
+    # cross-validated 0.73), so at most 3 wrong: a band-order or scaling fault on the app's path brings it to chance
+    limit = 5 if _held_out(_card("multispectral_classify")) else 3
+    assert len(picks) == 10 and len(wrong) <= limit, f"EuroSAT tiles classified wrongly: {wrong}"
 
 
-def _xray_films(n: int) -> dict[str, list[dict]]:
-    rows = _prefer_held_out(_rows("xray"), "path", _card("xray_classify"), "xray")
+def _xray_films(n: int, model: str = "xray_classify") -> dict[str, list[dict]]:
+    """``n`` films per label, those ``model``'s card names as held out first."""
+    rows = _prefer_held_out(_rows("xray"), "path", _card(model), "xray")
     return {label: [r for r in rows if r["label"] == label][:n] for label in ("0", "1")}
 
 
@@ -483,7 +487,7 @@ def test_real_xray_anomaly_is_not_inverted(real_app, tmp_path):
     _open(page, "xray", "anomaly")
     _card_shown(page, "xray_anomaly")
     scores: dict[str, list[float]] = {"0": [], "1": []}
-    for label, films in _xray_films(8).items():
+    for label, films in _xray_films(8, "xray_anomaly").items():
         for r in films:
             _open(page, "xray", "anomaly")  # a fresh page per film: no state of the previous one
             _upload(page, "xray", REAL / "xray" / r["path"])

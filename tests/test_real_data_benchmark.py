@@ -233,7 +233,7 @@ def test_save_demo_writes_a_held_out_fold_card_or_a_cross_validation_card_for_a_
     assert card["held_out"] == fold["held_out"] and "--run-folds 0 --save-demo" in card["retrain"]
     assert "fold 0 held out, 44 images" in card["data"]["used"] and "beats the baseline there, by 0.040" in card["summary"]
 
-    cv = {"folds": 5, "seeds": [0], "unimae": {"metric": {"mean": 0.75, "std": 0.04, "folds": [0.7, 0.8, 0.75, 0.72, 0.78]}},
+    cv = {"folds": 5, "folds_run": [0, 1, 2, 3, 4], "seeds": [0], "unimae": {"metric": {"mean": 0.75, "std": 0.04, "folds": [0.7, 0.8, 0.75, 0.72, 0.78]}},
           "reference": {"metric": {"mean": 0.76, "std": 0.05, "folds": [0.72, 0.79, 0.70, 0.80, 0.79]}},
           "channel_stats": {"metric": {"mean": 0.77, "std": 0.02, "folds": [0.77] * 5}}}  # fmt: skip
     path = bench.save_demo("multispectral", stem, {}, 5, tmp_path / "domains", cv=cv, n_images=216)
@@ -245,6 +245,18 @@ def test_save_demo_writes_a_held_out_fold_card_or_a_cross_validation_card_for_a_
     assert "held_out_fold" not in m and card["held_out"] == [] and card["retrain"].split("#")[0].endswith("--save-demo all   ")
     assert card["data"]["used"].startswith("all 216 images") and "Trained on all 216 images" in card["summary"]
     assert "does NOT beat the baseline on average (-0.010)" in card["summary"] and "better in 2 of 5 runs" in card["summary"]
+    assert "(5 runs; seeds 0)" in card["summary"] and m["estimate"] == "5-fold cross-validation (every fold), seeds [0]"
+    one = {**cv, "folds_run": [0], "unimae": {"metric": {"mean": 0.8, "std": 0.0, "folds": [0.8]},
+                                               "conditions": {"FOV 0.6x": {"mean": 0.77, "std": 0.0, "folds": [0.77]}}},
+           "reference": {"metric": {"mean": 0.79, "std": 0.0, "folds": [0.79]}},
+           "unimae_plain": {"metric": {"mean": 0.79, "std": 0.0, "folds": [0.79]}},
+           "reference_tta": {"metric": {"mean": 0.795, "std": 0.0, "folds": [0.795]}}}  # fmt: skip
+    vessels = bench.save_demo("fundus", stem, {}, 5, tmp_path / "domains", cv=one, n_images=20)
+    vessels = json.loads(vessels.read_text())["model_card"]
+    assert "(folds 0 only, 1 run; seeds 0)" in vessels["summary"] and "better in 1 of 1 runs" in vessels["summary"]
+    assert vessels["metrics"]["estimate"] == "5-fold cross-validation (folds [0]), seeds [0]"
+    assert vessels["metrics"]["other_cameras"] == {"FOV 0.6x": 0.77}
+    assert vessels["metrics"]["test_time_augmentation"] == {"mode": "none", "unimae_without": 0.79, "baseline_with": 0.795}
     assert card["caveats"] == bench.REAL_SETS["multispectral"].caveat
     assert "/home/me" not in path.read_text() and "run_config" not in meta and "(all of it)" in meta["config"]["data"]["train"]
     weights = load_file(str(path.with_suffix(".safetensors")))
