@@ -473,9 +473,11 @@ def test_real_xray_verdicts_of_normal_and_pneumonia_films(real_app, tmp_path):
                 _screenshot(page, tmp_path, "xray_real")
     normal_ok = sum(v != pneumonia for v in verdicts["0"])
     pneumonia_ok = sum(v == pneumonia for v in verdicts["1"])
-    # 8 held-out films per class (chance: 8 of 16 right); the model's held-out AUROC is about 0.84 and it leans
-    # to pneumonia at the 0.5 cut, so the check is on all 16 verdicts, and each class must be found at least once
-    assert normal_ok + pneumonia_ok >= 9 and min(normal_ok, pneumonia_ok) >= 2, (
+    # 8 films per class (chance: 8 of 16 right). A model of 4 folds is shown its held-out films (AUROC about 0.84,
+    # leaning to pneumonia at the 0.5 cut): at least 9 right. The shipped model is trained on every film and gets
+    # 12 of these 16 right through the predictor (it underfits: AUROC 0.83 on its own training films): at least 10
+    need = 9 if _held_out(_card("xray_classify")) else 10
+    assert normal_ok + pneumonia_ok >= need and min(normal_ok, pneumonia_ok) >= 2, (
         f"verdicts: normal films {verdicts['0']}, pneumonia films {verdicts['1']}")
 
 
