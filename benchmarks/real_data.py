@@ -466,6 +466,12 @@ def card_summary(spec: RealSet, ours: float, ref: float, n_test: int, tta: dict[
             "a margin of a few hundredths may not hold on other images (other folds: the README's results on real data).")
 
 
+def cv_scope(cv: dict[str, Any]) -> list[int] | None:
+    """The folds a cross-validation summary ran, or None when it ran every fold."""
+    run = list(cv.get("folds_run", range(cv["folds"])))
+    return None if len(run) == cv["folds"] else run
+
+
 def card_summary_all(spec: RealSet, cv: dict[str, Any], n_images: int) -> str:
     """The model card's verdict for a model trained on every image: its expected performance is the same recipe's
     cross-validation (``cv``: :func:`run_set`'s summary of the same run), beside the baseline's on the same folds."""
@@ -474,8 +480,9 @@ def card_summary_all(spec: RealSet, cv: dict[str, Any], n_images: int) -> str:
     wins = sum(a > b for a, b in zip(u["folds"], r["folds"]))
     verdict = (f"ahead on average by {u['mean'] - r['mean']:.3f}" if u["mean"] > r["mean"]
                else f"it does NOT beat the baseline on average ({u['mean'] - r['mean']:+.3f})")  # fmt: skip
-    which = (f"{runs} runs" if len(cv.get("folds_run", range(cv["folds"]))) == cv["folds"]
-             else f"folds {', '.join(map(str, cv['folds_run']))} only, {runs} run{'s' if runs > 1 else ''}")  # fmt: skip
+    some = cv_scope(cv)
+    which = (f"{runs} runs" if some is None
+             else f"folds {', '.join(map(str, some))} only, {runs} run{'s' if runs > 1 else ''}")  # fmt: skip
     return (f"Trained on all {n_images} images. Its expected performance is the same recipe's {cv['folds']}-fold "
             f"cross-validation in the same run ({which}; seeds {', '.join(map(str, cv['seeds']))}): {spec.metric} "
             f"{u['mean']:.3f} +- {u['std']:.3f}; the baseline ({spec.reference}) scores {r['mean']:.3f} +- "
@@ -505,15 +512,18 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
         meta["config"]["out_dir"] = f"domains/{domain}/demo"
     for key in ("data_source", "val_source", "out_dir"):
         meta.pop(key, None)
+    # one figure per arm: the fold's, or the cross-validation's mean (a model trained on every image)
+    arms = cv if cv is not None else result
+    figure = (lambda arm: float(cv[arm]["metric"]["mean"])) if cv is not None else (lambda arm: float(result[arm]["metric"]))
+    tta = ({"mode": meta.get("contract", {}).get("tta", "none"), "unimae_without": round(figure("unimae_plain"), 4),
+            "baseline_with": round(figure("reference_tta"), 4)}
+           if "unimae_plain" in arms and "reference_tta" in arms else None)  # fmt: skip
     if cv is not None:  # trained on every image: the card gives the same run's cross-validation
         uc, rc = cv["unimae"]["metric"], cv["reference"]["metric"]
         used = (f"all {n_images} images; the figures are the same recipe's {k}-fold cross-validation in the same "
                 "run (each fold's model trained on the other folds)")  # fmt: skip
-        tta_cv = ({"mode": meta.get("contract", {}).get("tta", "none"),
-                   "unimae_without": round(cv["unimae_plain"]["metric"]["mean"], 4),
-                   "baseline_with": round(cv["reference_tta"]["metric"]["mean"], 4)}
-                  if "unimae_plain" in cv and "reference_tta" in cv else None)  # fmt: skip
-        runs = f"folds {cv['folds_run']}" if len(cv.get("folds_run", ())) != k else "every fold"
+        some = cv_scope(cv)
+        runs = "every fold" if some is None else f"folds {some}"
         metrics = {"metric": spec.metric, "estimate": f"{k}-fold cross-validation ({runs}), seeds {cv['seeds']}",
                    "unimae": round(uc["mean"], 4), "unimae_std": round(uc["std"], 4), "unimae_folds": uc["folds"],
                    "baseline": spec.reference + spec.baseline_note, "baseline_value": round(rc["mean"], 4),
@@ -523,15 +533,10 @@ def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_
                       if "channel_stats" in cv else {}),
                    **({"other_cameras": {c: round(v["mean"], 4) for c, v in uc_conditions.items()}}
                       if (uc_conditions := cv["unimae"].get("conditions")) else {}),
-                   **({"test_time_augmentation": tta_cv} if tta_cv else {})}  # fmt: skip
+                   **({"test_time_augmentation": tta} if tta else {})}  # fmt: skip
         verdict = card_summary_all(spec, cv, n_images)
     else:
-        u, ref = result["unimae"]["metric"], result["reference"]["metric"]
-        tta = None
-        if "unimae_plain" in result:
-            tta = {"mode": meta.get("contract", {}).get("tta", "none"),
-                   "unimae_without": round(float(result["unimae_plain"]["metric"]), 4),
-                   "baseline_with": round(float(result["reference_tta"]["metric"]), 4)}  # fmt: skip
+        u, ref = figure("unimae"), figure("reference")
         used = folds_used(spec, k, int(result["fold"]), int(result["n_test"]))
         metrics = {"metric": spec.metric, "held_out_fold": result["fold"], "unimae": round(float(u), 4),
                    "baseline": spec.reference + spec.baseline_note,
