@@ -54,6 +54,8 @@ import numpy as np
 # loaded from its path
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from real_cards import acquisition_shifts, card_summary, card_summary_all, cv_scope, folds_used, write_demo  # noqa: E402,F401
+from real_shifts import SHIFTS, UNSHIFTED, shifted  # noqa: E402,F401
 from real_training import (  # noqa: E402
     DEFAULT_REAL,
     EXTRA_OVERRIDES,
@@ -63,6 +65,10 @@ from real_training import (  # noqa: E402
     TRAINING,
     auroc,
     channel_statistics,
+    class_metric,
+    knn_distance,
+    seed_ensembles,
+    view_statistics,
     dice,
     pretrain_arms,
     reference_data,
@@ -109,17 +115,6 @@ def unimae_fold(
     ours = run_unimae(config, overrides, work / "unimae")
     predictor = load_predictor(work / "unimae" / "best", device="cpu", precision="auto")
     return FoldRun(root, config, train_rows, test_rows, train_csv, overrides, ours, predictor)
-
-
-def view_statistics(view: Any) -> np.ndarray:
-    """:func:`channel_statistics` of a predictor's model-space view of a file (over its valid pixels)."""
-    return channel_statistics(view.image.float().numpy(), None if view.valid is None else view.valid.numpy())
-
-
-def knn_distance(bank: np.ndarray, vector: np.ndarray, k: int = 5) -> float:
-    """The mean Euclidean distance of ``vector`` to its ``k`` nearest rows of ``bank``."""
-    d = np.sqrt(((bank - vector) ** 2).sum(1))
-    return float(np.sort(d)[:k].mean())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,35 +186,17 @@ def classification_fold(
             arms.append((tag, lambda path, arm=arm: [arm.predict(path, keep_source=False).probabilities[c] for c in classes], run))
     truth = [r["class_name"] for r in test_rows]
     out: dict[str, Any] = {"classes": classes, "truth": truth}
+    shifts = spec.shifts[:1] if quick else spec.shifts
     for tag, fn, run in arms:
         probs = np.array([fn(root / r["path"]) for r in test_rows])
         out[tag] = {"metric": class_metric(spec, probs, truth, classes), "seconds": run["seconds"],
                     "samples_per_s": run["samples"] / run["seconds"], "probs": np.round(probs, 5).tolist(),
                     **{k: run[k] for k in ("pretrain_seconds", "finetune_seconds", "stretch") if k in run}}  # fmt: skip
+        if shifts and tag in ("unimae", "reference", "channel_stats"):  # the same models on shifted copies
+            out[tag]["conditions"] = {UNSHIFTED: out[tag]["metric"], **{
+                cond: class_metric(spec, np.array([fn(shifted(root / r["path"], work, cond)) for r in test_rows]),
+                                   truth, classes) for cond in shifts}}  # fmt: skip
     out["steps"] = ours["steps"]
-    return out
-
-
-def class_metric(spec: RealSet, probs: np.ndarray, truth: Sequence[str], classes: Sequence[str]) -> float:
-    """AUROC of ``spec.positive`` when the set names one, else accuracy, of held-out probabilities ``(N, K)``."""
-    probs = np.asarray(probs, dtype=float)
-    if spec.positive is not None:
-        return auroc(probs[:, list(classes).index(spec.positive)], [t == spec.positive for t in truth])
-    return float(np.mean([classes[int(i)] == t for i, t in zip(probs.argmax(1), truth)]))
-
-
-def seed_ensembles(spec: RealSet, per_fold: Sequence[dict[str, Any]], fold_ids: Sequence[int]) -> dict[str, Any]:
-    """Each fold's models of every seed averaged (their held-out probabilities), per arm: what an ensemble of
-    that many independently trained models scores, UniMAE's and the reference's from the same runs."""
-    out: dict[str, Any] = {}
-    for tag in ("unimae", "reference"):
-        per = []
-        for f in fold_ids:
-            runs = [r for r in per_fold if r["fold"] == f and "probs" in r.get(tag, {})]
-            if len(runs) > 1:
-                per.append(class_metric(spec, np.mean([r[tag]["probs"] for r in runs], 0), runs[0]["truth"], runs[0]["classes"]))
-        if per:
-            out[tag] = summary(per)
     return out
 
 
@@ -230,24 +207,6 @@ def _read_gif(path: Path) -> np.ndarray:
     from PIL import Image
 
     return np.array(Image.open(path).convert("L")) > 0
-
-
-def _shifted(path: Path, work: Path, zoom: float, gains: Sequence[float], tag: str) -> Path:
-    """A copy of a fundus photograph rescaled by ``zoom`` with per-channel ``gains`` (another camera)."""
-    from PIL import Image
-
-    img = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
-    img = np.clip(img * np.asarray(gains, np.float32), 0, 255).astype(np.uint8)
-    im = Image.fromarray(img)
-    if zoom != 1.0:
-        im = im.resize((round(im.width * zoom), round(im.height * zoom)), Image.BILINEAR)
-    out = work / f"{path.stem}_{tag}.png"
-    im.save(out)
-    return out
-
-
-#: the vessel set's held-out photographs as they are; the other conditions stand in for other cameras
-UNSHIFTED = "DRIVE"
 
 
 def fundus_fold(
@@ -291,10 +250,7 @@ def fundus_fold(
     def ours_labels(path: Path) -> np.ndarray:
         return predictor.predict(path, keep_source=False).label_map
 
-    conditions = {UNSHIFTED: (1.0, (1.0, 1.0, 1.0)), "FOV 0.6x": (0.6, (1.0, 1.0, 1.0)),
-                  "FOV 1.8x": (1.8, (1.0, 1.0, 1.0)), "colour": (1.0, (1.15, 0.85, 1.1))}  # fmt: skip
-    if quick:
-        conditions = {UNSHIFTED: conditions[UNSHIFTED]}
+    conditions = [UNSHIFTED, *(spec.shifts[:1] if quick else spec.shifts)]
     arms: list[tuple[str, Callable, dict[str, Any]]] = [("unimae", ours_labels, ours), ("reference", ref_labels, ref_run)]
     if predictor.tta != "none":  # the same two models, the other way round: UniMAE in one pass, the reference with TTA
         plain = load_predictor(work / "unimae" / "best", device="cpu", precision="auto", tta="none")
@@ -308,14 +264,12 @@ def fundus_fold(
     out: dict[str, Any] = {"steps": ours["steps"]}
     for tag, fn, run in arms:
         per: dict[str, float] = {}
-        for cond, (zoom, gains) in conditions.items():
+        for cond in conditions:
             scores = []
             for r in test_rows:
                 img = root / r["image"]
                 truth, fov = _read_gif(root / r["mask"]), _read_gif(root / r["fov_mask"])
-                if cond != UNSHIFTED:
-                    img = _shifted(img, work, zoom, gains, cond.replace(" ", "").replace(".", ""))
-                pred = fn(img)
+                pred = fn(img if cond == UNSHIFTED else shifted(img, work, cond))
                 if pred.shape != truth.shape:  # score on the source grid of the original image
                     pred = cv2.resize(pred.astype(np.uint8), truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
                 scores.append(dice(pred, truth, fov))
@@ -396,6 +350,7 @@ class RealSet(NamedTuple):
     labelled: bool = True  # folds stratified by label (else round-robin: DRIVE has one label map per image)
     baseline_note: str = ", trained from scratch on the same fold and steps"
     caveat: str = ""  # what the benchmark found that a user of the shipped model should know (its card's caveats)
+    shifts: tuple[str, ...] = ()  # acquisition shifts (SHIFTS) the held-out images are also scored under
     reliable: bool = True  # False: the benchmark found the recipe does not work (the card says so; the app withholds its verdict)
 
 
@@ -417,11 +372,13 @@ REAL_SETS: dict[str, RealSet] = {
         {"name": "DRIVE training images (20 colour fundus photographs, 565x584, manual vessel masks)",
          "source": "DRIVE (Staal et al. 2004), a public copy of the dataset",
          "licence": "research use; cite the paper", "citation": "Staal et al., IEEE TMI 2004"},
-        labelled=False),
+        labelled=False, shifts=("FOV 0.6x", "FOV 1.8x", "colour", "blur", "half resolution", "noise", "JPEG q40",
+                                "gamma 0.7")),
     "xray": RealSet(
         "xray", "xray", "classify", "AUROC pneumonia", "timm resnet18", classification_fold,
         {"name": "536 NIH ChestX-ray14 frontal films (246 No finding, 290 Pneumonia), 256 px", **_NIH},
         positive="Pneumonia", grouped=True,
+        shifts=("gamma 0.7", "gamma 1.4", "brighter", "blur", "half resolution", "noise", "JPEG q40"),
         caveat="in this NIH subset the pneumonia films are darker overall: a film's grey-level statistics alone, "
                "with no pixel arrangement, reach AUROC 0.764 over 5 folds (README), so part of what the model learned "
                "is how the film was taken, not the opacity; expect lower scores where pneumonia and normal films are "
@@ -451,132 +408,10 @@ def _rows(real: Path, name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def folds_used(spec: RealSet, k: int, fold: int, n_test: int) -> str:
-    """The model card's account of the data a demo model was trained on."""
-    grouped = "; split by patient" if spec.grouped else ""
-    return f"{k - 1} of {k} cross-validation folds (fold {fold} held out, {n_test} images{grouped})"
-
-
-def card_summary(spec: RealSet, ours: float, ref: float, n_test: int, tta: dict[str, Any] | None = None) -> str:
-    """The model card's one-paragraph verdict: both scores on the held-out fold, the margin and its size; with
-    ``tta`` (``{"mode", "unimae_without", "baseline_with"}``) also both models the other way round."""
-    verdict = (f"it beats the baseline there, by {ours - ref:.3f}" if ours > ref
-               else "it does NOT beat the baseline there")  # fmt: skip
-    how = f" with test-time augmentation ({tta['mode']})" if tta else ""
-    other = (f" Without the test-time augmentation this model scores {tta['unimae_without']:.3f}; the baseline with "
-             f"the same averaging scores {tta['baseline_with']:.3f}.") if tta else ""  # fmt: skip
-    return (f"On the held-out fold ({n_test} images) this model scores {spec.metric} {ours:.3f}{how}; the baseline "
-            f"({spec.reference}) scores {ref:.3f} on the same images: {verdict}.{other} One fold of {n_test} images: "
-            "a margin of a few hundredths may not hold on other images (other folds: the README's results on real data).")
-
-
-def cv_scope(cv: dict[str, Any]) -> list[int] | None:
-    """The folds a cross-validation summary ran, or None when it ran every fold."""
-    run = list(cv.get("folds_run", range(cv["folds"])))
-    return None if len(run) == cv["folds"] else run
-
-
-def card_summary_all(spec: RealSet, cv: dict[str, Any], n_images: int) -> str:
-    """The model card's verdict for a model trained on every image: its expected performance is the same recipe's
-    cross-validation (``cv``: :func:`run_set`'s summary of the same run), beside the baseline's on the same folds."""
-    u, r = cv["unimae"]["metric"], cv["reference"]["metric"]
-    runs = len(u["folds"])
-    wins = sum(a > b for a, b in zip(u["folds"], r["folds"]))
-    verdict = (f"ahead on average by {u['mean'] - r['mean']:.3f}" if u["mean"] > r["mean"]
-               else f"it does NOT beat the baseline on average ({u['mean'] - r['mean']:+.3f})")  # fmt: skip
-    some = cv_scope(cv)
-    which = (f"{runs} runs" if some is None
-             else f"folds {', '.join(map(str, some))} only, {runs} run{'s' if runs > 1 else ''}")  # fmt: skip
-    return (f"Trained on all {n_images} images. Its expected performance is the same recipe's {cv['folds']}-fold "
-            f"cross-validation in the same run ({which}; seeds {', '.join(map(str, cv['seeds']))}): {spec.metric} "
-            f"{u['mean']:.3f} +- {u['std']:.3f}; the baseline ({spec.reference}) scores {r['mean']:.3f} +- "
-            f"{r['std']:.3f} on the same folds: {verdict}, better in {wins} of {runs} runs. No image of this set is "
-            "held out from this model: judge it by those figures, or on images of your own.")
-
-
-def other_cameras(conditions: dict[str, float]) -> dict[str, float]:
-    """A card's figures under the shifted conditions (the unshifted one is the card's headline figure)."""
-    return {c: round(float(v), 4) for c, v in conditions.items() if c != UNSHIFTED}
-
-
 def save_demo(name: str, checkpoint: Path, result: dict[str, Any], k: int, dest_root: Path,
               cv: dict[str, Any] | None = None, n_images: int = 0) -> Path:
-    """Ship a UniMAE model as the domain's demo model: fp16 safetensors + JSON with a model card. ``result`` is
-    the fold's (the model trained on the other folds); with ``cv`` (:func:`run_set`'s summary) the model was
-    trained on all ``n_images`` images and the card gives the cross-validation instead."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    spec = REAL_SETS[name]
-    domain, task, data_card = spec.domain, spec.task, spec.card
-    dest = dest_root / domain / "demo"
-    dest.mkdir(parents=True, exist_ok=True)
-    tensors = {key: (v.half() if v.is_floating_point() else v).contiguous() for key, v in load_file(str(checkpoint) + ".safetensors").items()}
-    meta = json.loads(Path(str(checkpoint) + ".json").read_text())
-    meta.pop("run_config", None)
-    if isinstance(meta.get("config"), dict):  # no paths of this machine in a shipped file
-        meta["config"].setdefault("data", {})["train"] = (f"../shared/real/{spec.folder}/manifest.csv "
-                                                          + ("(all of it)" if cv is not None else
-                                                             "(the training folds of benchmarks/real_data.py)"))
-        meta["config"]["out_dir"] = f"domains/{domain}/demo"
-    for key in ("data_source", "val_source", "out_dir"):
-        meta.pop(key, None)
-    # one figure per arm: the fold's, or the cross-validation's mean (a model trained on every image)
-    arms = cv if cv is not None else result
-    figure = (lambda arm: float(cv[arm]["metric"]["mean"])) if cv is not None else (lambda arm: float(result[arm]["metric"]))
-    tta = ({"mode": meta.get("contract", {}).get("tta", "none"), "unimae_without": round(figure("unimae_plain"), 4),
-            "baseline_with": round(figure("reference_tta"), 4)}
-           if "unimae_plain" in arms and "reference_tta" in arms else None)  # fmt: skip
-    if cv is not None:  # trained on every image: the card gives the same run's cross-validation
-        uc, rc = cv["unimae"]["metric"], cv["reference"]["metric"]
-        used = (f"all {n_images} images; the figures are the same recipe's {k}-fold cross-validation in the same "
-                "run (each fold's model trained on the other folds)")  # fmt: skip
-        some = cv_scope(cv)
-        runs = "every fold" if some is None else f"folds {some}"
-        metrics = {"metric": spec.metric, "estimate": f"{k}-fold cross-validation ({runs}), seeds {cv['seeds']}",
-                   "unimae": round(uc["mean"], 4), "unimae_std": round(uc["std"], 4), "unimae_folds": uc["folds"],
-                   "baseline": spec.reference + spec.baseline_note, "baseline_value": round(rc["mean"], 4),
-                   "baseline_std": round(rc["std"], 4), "baseline_folds": rc["folds"],
-                   "beats_baseline": bool(uc["mean"] > rc["mean"]),
-                   **({"channel_statistics": round(cv["channel_stats"]["metric"]["mean"], 4)}
-                      if "channel_stats" in cv else {}),
-                   **({"other_cameras": other_cameras({c: v["mean"] for c, v in cv["unimae"]["conditions"].items()})}
-                      if cv["unimae"].get("conditions") else {}),
-                   **({"test_time_augmentation": tta} if tta else {})}  # fmt: skip
-        verdict = card_summary_all(spec, cv, n_images)
-    else:
-        u, ref = figure("unimae"), figure("reference")
-        used = folds_used(spec, k, int(result["fold"]), int(result["n_test"]))
-        metrics = {"metric": spec.metric, "held_out_fold": result["fold"], "unimae": round(float(u), 4),
-                   "baseline": spec.reference + spec.baseline_note,
-                   "baseline_value": round(float(ref), 4),
-                   "beats_baseline": bool(u > ref),
-                   **({"other_cameras": other_cameras(result["unimae"]["conditions"])}
-                      if "conditions" in result["unimae"] else {}),
-                   **({"test_time_augmentation": tta} if tta else {})}  # fmt: skip
-        verdict = card_summary(spec, float(u), float(ref), int(result["n_test"]), tta)
-    meta["model_card"] = {
-        "trained_on": "real",
-        "data": {**data_card, "used": used},
-        "metrics": metrics,
-        "summary": verdict,
-        "intended_use": "demonstration of UniMAE on real images, not for diagnosis or any operational decision",
-        "not_for": "clinical use, images unlike the training data (other modalities, views, sensors, processing "
-                   "levels), or any decision about a patient or a place",
-        **({"caveats": spec.caveat} if spec.caveat else {}),
-        **({} if spec.reliable else {"reliable": False}),
-        "retrain": (f"python benchmarks/real_data.py --real PATH/TO/real --sets {name} --save-demo all"
-                    if cv is not None else
-                    f"python benchmarks/real_data.py --real PATH/TO/real --sets {name} --run-folds {result['fold']} "
-                    "--save-demo") + "   # PATH/TO/real laid out like ../shared/real",
-        "held_out": [] if cv is not None else list(result.get("held_out", [])),  # files it never saw (the app's real-file tests use them)
-    }
-    tmp_t, tmp_j = dest / f".{task}.safetensors.tmp", dest / f".{task}.json.tmp"
-    save_file(tensors, str(tmp_t), metadata={"format": "pt"})
-    tmp_j.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_t, dest / f"{task}.safetensors")
-    os.replace(tmp_j, dest / f"{task}.json")
-    return dest / f"{task}.json"
+    """Ship a model of set ``name`` as its domain's demo model, with a model card (:func:`real_cards.write_demo`)."""
+    return write_demo(REAL_SETS[name], name, checkpoint, result, k, dest_root, cv=cv, n_images=n_images)
 
 
 def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool, seed: int = 0,
@@ -633,7 +468,7 @@ def run_set(name: str, real: Path, k: int, fold_ids: Sequence[int], quick: bool,
         if len(seeds) > 1:  # each fold's mean over the seeds, then their spread over folds
             out[tag]["fold_means"] = summary([float(np.mean([r[tag]["metric"] for r in per_fold if r["fold"] == f]))
                                               for f in fold_ids])  # fmt: skip
-        conds = per_fold[0][tag].get("conditions", {}) if per_fold else {}  # the vessel set's other cameras
+        conds = per_fold[0][tag].get("conditions", {}) if per_fold else {}  # acquisition shifts
         if conds:
             out[tag]["conditions"] = {c: summary([r[tag]["conditions"][c] for r in per_fold]) for c in conds}
     if len(seeds) > 1 and spec.task == "classify":

@@ -276,3 +276,37 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
         return {"mean": float("nan"), "std": float("nan"), "folds": []}
     return {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
             "folds": [round(v, 4) for v in vals]}  # fmt: skip
+
+
+def view_statistics(view: Any) -> np.ndarray:
+    """:func:`channel_statistics` of a predictor's model-space view of a file (over its valid pixels)."""
+    return channel_statistics(view.image.float().numpy(), None if view.valid is None else view.valid.numpy())
+
+
+def knn_distance(bank: np.ndarray, vector: np.ndarray, k: int = 5) -> float:
+    """The mean Euclidean distance of ``vector`` to its ``k`` nearest rows of ``bank``."""
+    d = np.sqrt(((bank - vector) ** 2).sum(1))
+    return float(np.sort(d)[:k].mean())
+
+
+def class_metric(spec: Any, probs: np.ndarray, truth: Sequence[str], classes: Sequence[str]) -> float:
+    """AUROC of ``spec.positive`` when the set names one, else accuracy, of held-out probabilities ``(N, K)``."""
+    probs = np.asarray(probs, dtype=float)
+    if spec.positive is not None:
+        return auroc(probs[:, list(classes).index(spec.positive)], [t == spec.positive for t in truth])
+    return float(np.mean([classes[int(i)] == t for i, t in zip(probs.argmax(1), truth)]))
+
+
+def seed_ensembles(spec: Any, per_fold: Sequence[dict[str, Any]], fold_ids: Sequence[int]) -> dict[str, Any]:
+    """Each fold's models of every seed averaged (their held-out probabilities), per arm: what an ensemble of
+    that many independently trained models scores, UniMAE's and the reference's from the same runs."""
+    out: dict[str, Any] = {}
+    for tag in ("unimae", "reference"):
+        per = []
+        for f in fold_ids:
+            runs = [r for r in per_fold if r["fold"] == f and "probs" in r.get(tag, {})]
+            if len(runs) > 1:
+                per.append(class_metric(spec, np.mean([r[tag]["probs"] for r in runs], 0), runs[0]["truth"], runs[0]["classes"]))
+        if per:
+            out[tag] = summary(per)
+    return out

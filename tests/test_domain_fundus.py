@@ -402,6 +402,44 @@ def test_augment_shape_determinism_and_alignment(plugin, train, channels):
         assert any(not torch.equal(o.image, a.image) for o in others)
 
 
+@pytest.mark.parametrize("channels", [3, 13])
+def test_camera_degradations_are_seeded_stay_inside_the_fov_and_only_train(plugin, channels):
+    """``degrade``: with chance 1 every training crop is blurred, resampled and noisy; the same seed gives the
+    same crop; the mask and the field of view are untouched and nothing leaks outside the FOV; chance 0 (the
+    default) changes nothing; evaluation never degrades; a chance outside [0, 1] is refused."""
+    from unimae.domains.fundus.augment import degrade
+
+    sample = _blocky_sample(channels)
+    plain = dict(train=True, input_size=(48, 64), brightness=0.0, contrast=0.0)
+    clean = plugin.augment(**plain)(sample, 5)
+    worse = plugin.augment(**plain, degrade=1.0)
+    a, b = worse(sample, 5), worse(sample, 5)
+    assert torch.equal(a.image, b.image) and torch.equal(a.mask, clean.mask) and torch.equal(a.valid, clean.valid)
+    assert not torch.equal(a.image, clean.image)
+    assert float(a.image[:, ~a.valid].abs().sum()) == 0.0 and torch.isfinite(a.image).all()
+    flat, valid = np.ones((48, 64, channels), np.float32), clean.valid.numpy()
+    assert np.array_equal(degrade(flat, valid, 0.0, 7), flat)
+    assert np.abs(degrade(flat, valid, 1.0, 7)[valid] - 1).max() > 0.01  # noise on a flat image
+    evaluate = dict(train=False, input_size=(48, 64))
+    assert torch.equal(plugin.augment(**evaluate, degrade=1.0)(sample, 5).image, plugin.augment(**evaluate)(sample, 5).image)
+    with pytest.raises(InputError, match="degrade is a probability"):
+        plugin.augment(train=True, input_size=48, degrade=1.5)
+
+
+def test_fov_normalised_blur_softens_edges_without_darkening_the_fov_rim():
+    from unimae.domains.fundus.augment import fov_filtered
+
+    valid = np.zeros((40, 40), bool)
+    valid[5:35, 5:35] = True
+    blur = lambda a: cv2.GaussianBlur(a, (0, 0), 1.5)  # noqa: E731
+    flat = np.where(valid, 2.0, 0.0).astype(np.float32)[..., None]
+    assert blur(flat[..., 0])[valid].min() < 1.8  # a plain blur pulls the rim toward the black surround
+    np.testing.assert_allclose(fov_filtered(flat, valid, blur)[valid], 2.0, rtol=1e-5)
+    checker = (np.indices((40, 40)).sum(0) % 2).astype(np.float32)[..., None] * valid[..., None]
+    soft = fov_filtered(checker, valid, blur)
+    assert np.abs(np.diff(soft[valid.nonzero()[0].min():35, 5:35, 0], axis=1)).mean() < 0.2  # was 1.0
+
+
 def test_eval_letterbox_marks_padding_invalid(plugin):
     sample = _blocky_sample(3, shape=(90, 110))  # FOV box 80 x 90 -> letterboxed into 64 x 64
     out = plugin.augment(train=False, input_size=64)(sample, 0)

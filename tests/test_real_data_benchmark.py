@@ -233,9 +233,9 @@ def test_save_demo_writes_a_held_out_fold_card_or_a_cross_validation_card_for_a_
     assert card["held_out"] == fold["held_out"] and "--run-folds 0 --save-demo" in card["retrain"]
     assert "fold 0 held out, 44 images" in card["data"]["used"] and "beats the baseline there, by 0.040" in card["summary"]
     vessel_fold = {"fold": 0, "n_test": 4, "reference": {"metric": 0.79},
-                   "unimae": {"metric": 0.8, "conditions": {"DRIVE": 0.8, "FOV 1.8x": 0.79123456}}}  # fmt: skip
+                   "unimae": {"metric": 0.8, "conditions": {"as is": 0.8, "FOV 1.8x": 0.79123456}}}  # fmt: skip
     vessel_card = json.loads(bench.save_demo("fundus", stem, vessel_fold, 5, tmp_path / "fold").read_text())["model_card"]
-    assert vessel_card["metrics"]["other_cameras"] == {"FOV 1.8x": 0.7912}  # not the headline figure again
+    assert vessel_card["metrics"]["acquisition_shifts"] == {"FOV 1.8x": 0.7912}  # not the headline figure again
 
     cv = {"folds": 5, "folds_run": [0, 1, 2, 3, 4], "seeds": [0], "unimae": {"metric": {"mean": 0.75, "std": 0.04, "folds": [0.7, 0.8, 0.75, 0.72, 0.78]}},
           "reference": {"metric": {"mean": 0.76, "std": 0.05, "folds": [0.72, 0.79, 0.70, 0.80, 0.79]}},
@@ -251,7 +251,7 @@ def test_save_demo_writes_a_held_out_fold_card_or_a_cross_validation_card_for_a_
     assert "does NOT beat the baseline on average (-0.010)" in card["summary"] and "better in 2 of 5 runs" in card["summary"]
     assert "(5 runs; seeds 0)" in card["summary"] and m["estimate"] == "5-fold cross-validation (every fold), seeds [0]"
     one = {**cv, "folds_run": [0], "unimae": {"metric": {"mean": 0.8, "std": 0.0, "folds": [0.8]},
-                                               "conditions": {"DRIVE": {"mean": 0.8, "std": 0.0, "folds": [0.8]},
+                                               "conditions": {"as is": {"mean": 0.8, "std": 0.0, "folds": [0.8]},
                                                               "FOV 0.6x": {"mean": 0.77, "std": 0.0, "folds": [0.77]}}},
            "reference": {"metric": {"mean": 0.79, "std": 0.0, "folds": [0.79]}},
            "unimae_plain": {"metric": {"mean": 0.79, "std": 0.0, "folds": [0.79]}},
@@ -260,9 +260,44 @@ def test_save_demo_writes_a_held_out_fold_card_or_a_cross_validation_card_for_a_
     vessels = json.loads(vessels.read_text())["model_card"]
     assert "(folds 0 only, 1 run; seeds 0)" in vessels["summary"] and "better in 1 of 1 runs" in vessels["summary"]
     assert vessels["metrics"]["estimate"] == "5-fold cross-validation (folds [0]), seeds [0]"
-    assert vessels["metrics"]["other_cameras"] == {"FOV 0.6x": 0.77}  # the unshifted photographs are the headline
+    assert vessels["metrics"]["acquisition_shifts"] == {"FOV 0.6x": 0.77}  # the unshifted photographs are the headline
     assert vessels["metrics"]["test_time_augmentation"] == {"mode": "none", "unimae_without": 0.79, "baseline_with": 0.795}
     assert card["caveats"] == bench.REAL_SETS["multispectral"].caveat
     assert "/home/me" not in path.read_text() and "run_config" not in meta and "(all of it)" in meta["config"]["data"]["train"]
     weights = load_file(str(path.with_suffix(".safetensors")))
     assert weights["w"].dtype.is_floating_point and str(weights["w"].dtype) == "torch.float16" and weights["n"].tolist() == [3]
+
+
+def test_acquisition_shifts_copy_the_image_changed_as_another_camera_or_site_would(tmp_path) -> None:
+    """Every shift a set names exists, writes a PNG beside the work files (the original untouched), keeps the
+    mode, and changes the image the way its name says; the zooms change the size, nothing else does."""
+    from PIL import Image
+
+    bench = _bench()
+    for spec in bench.REAL_SETS.values():
+        assert set(spec.shifts) <= set(bench.SHIFTS) and bench.UNSHIFTED not in spec.shifts
+    rng = np.random.default_rng(0)
+    grey = (rng.random((40, 48)) * 100 + 60).astype(np.uint8)
+    grey[10:30, 10:30] = 200  # an edge for the blur to soften
+    rgb = np.stack([grey, grey // 2, grey // 3], -1)
+    Image.fromarray(grey).save(tmp_path / "film.png")
+    Image.fromarray(rgb).save(tmp_path / "photo.tif")
+    before = (tmp_path / "film.png").read_bytes()
+    for name in bench.SHIFTS:
+        for src, like in ((tmp_path / "film.png", grey), (tmp_path / "photo.tif", rgb)):
+            out = bench.shifted(src, tmp_path, name)
+            a = np.asarray(Image.open(out))
+            assert out.parent == tmp_path and out.suffix == ".png" and a.ndim == like.ndim, (name, src)
+            if name.startswith("FOV"):
+                assert a.shape[0] == round(like.shape[0] * float(name.split()[1][:-1])), name
+                continue
+            assert a.shape == like.shape, name
+            if name == "colour" and like.ndim == 2:
+                assert np.array_equal(a, like)  # a grey film has no colour balance
+            else:
+                assert not np.array_equal(a, like), (name, src)
+    assert (tmp_path / "film.png").read_bytes() == before
+    film = lambda name: np.asarray(Image.open(bench.shifted(tmp_path / "film.png", tmp_path, name))).astype(float)  # noqa: E731
+    assert film("gamma 0.7").mean() > grey.mean() > film("gamma 1.4").mean() and film("brighter").mean() > grey.mean()
+    edge = lambda a: np.abs(np.diff(a[:, 5:35], axis=1)).mean()  # noqa: E731
+    assert edge(film("blur")) < edge(grey.astype(float)) and edge(film("half resolution")) < edge(grey.astype(float))

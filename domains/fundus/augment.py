@@ -13,7 +13,7 @@ intensity jitter draws from ``numpy.random.default_rng(seed)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import albumentations as A
 import cv2
@@ -56,6 +56,11 @@ class FundusTransform:
         brightness: maximum brightness shift, in units of the [0, 1] intensity range.
         contrast: maximum relative contrast change around the FOV mean.
         crop_to_fov: crop to the FOV bounding box before anything else.
+        degrade: training only: the chance, for each of three camera degradations independently, that a crop
+            gets it: a Gaussian blur (sigma 0.5-1.5 px, a softer lens or focus), a lower resolution (down by
+            1.25-2x and back up: a smaller sensor) and Gaussian noise (0.05-0.3 of the image's standard
+            deviation). 0 turns them off. They stand in for other cameras (nnU-Net trains with the same kinds of
+            degradation); the README gives what they buy on degraded photographs.
         crop: ``"fov"`` (train: a random resized crop of the FOV box, so the model sees the whole
             fundus at ``input_size``; eval: the letterbox) or ``"native"`` (train: ``input_size`` crops at
             the image's own scale, within ``crop_scale`` as a zoom range, e.g. ``(0.8, 1.25)``; eval: the whole
@@ -76,8 +81,12 @@ class FundusTransform:
         contrast: float = 0.1,
         crop_to_fov: bool = True,
         crop: str = "fov",
+        degrade: float = 0.0,
     ) -> None:
         self.train = bool(train)
+        self.degrade = float(degrade)
+        if not 0.0 <= self.degrade <= 1.0:
+            raise InputError(f"degrade is a probability between 0 and 1, got {degrade}")
         self.size = as_hw(input_size)
         self.crop = look_up(str(crop), ("fov", "native"), what="fundus crop")
         lo, hi = (float(s) for s in crop_scale)
@@ -156,6 +165,8 @@ class FundusTransform:
             out = self.compose(image=image, masks=masks)
             image, masks = out["image"], list(out["masks"])
             image = self._jitter(image, masks[0].astype(bool), sample.meta.get("normalization"), int(seed))
+            if self.degrade > 0:
+                image = degrade(image, masks[0].astype(bool), self.degrade, int(seed))
             meta["augmented"] = "train"
         elif self.crop == "native":  # the whole image at its own scale (sliding-window inference)
             meta["augmented"] = "eval"
@@ -207,3 +218,37 @@ class FundusTransform:
             std = np.asarray(norm["std"], dtype=np.float32)
         centre = image[valid].mean(axis=0)
         return (centre + a * (image - centre) + b / std).astype(np.float32)
+
+
+def degrade(image: np.ndarray, valid: np.ndarray, p: float, seed: int) -> np.ndarray:
+    """Blur, lower resolution and noise, each with chance ``p``, on an ``(H, W, C)`` model-space image.
+
+    Blur and resampling are normalised by the field of view (the black surround does not darken its edge);
+    noise is in units of the image's standard deviation inside ``valid``. Seeded by ``seed`` alone.
+    """
+    rng = np.random.default_rng([seed, 0x6465])
+    use_blur, use_low, use_noise = rng.random(3) < p
+    sigma, factor, noise = rng.uniform(0.5, 1.5), rng.uniform(1.25, 2.0), rng.uniform(0.05, 0.3)
+    if not valid.any():
+        return image
+    out = image.astype(np.float32)
+    if use_blur:
+        out = fov_filtered(out, valid, lambda a: cv2.GaussianBlur(a, (0, 0), sigma))
+    if use_low:
+        h, w = out.shape[:2]
+        small = (max(1, round(w / factor)), max(1, round(h / factor)))
+        out = fov_filtered(out, valid, lambda a: cv2.resize(cv2.resize(a, small, interpolation=cv2.INTER_AREA), (w, h),
+                                                            interpolation=cv2.INTER_LINEAR))
+    if use_noise:
+        scale = float(out[valid].std()) or 1.0
+        out = out + rng.normal(0.0, noise * scale, out.shape).astype(np.float32)
+    return out.astype(np.float32)
+
+
+def fov_filtered(image: np.ndarray, valid: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """A linear filter ``fn`` (one ``(H, W)`` float32 plane in, one out) of each channel, normalised by the same
+    filter of the field of view: pixels near the FOV edge average only FOV pixels, not the black surround."""
+    w = valid.astype(np.float32)
+    den = fn(w)[..., None]
+    num = np.stack([fn(np.ascontiguousarray(image[..., c] * w)) for c in range(image.shape[-1])], -1)
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), image).astype(np.float32)

@@ -48,6 +48,9 @@ class XRayAugment:
         rotate: maximum rotation in degrees (applied with probability 1/2; 0 disables).
         brightness: brightness jitter, as a fraction of the ``[0, 1]`` range (0 disables).
         contrast: contrast jitter fraction (0 disables).
+        gamma: gamma jitter: with probability 1/2 the ``[0, 1]`` intensities are raised to a power drawn between
+            ``1 / (1 + gamma)`` and ``1 + gamma`` (0 disables): another site's film processing and detector
+            response change the grey-level curve, not just its offset and slope.
         hflip: random horizontal flips (off by default; see the module docstring).
         flip_label_pairs: mask labels to swap when an image is flipped, e.g. ``((1, 2),)``.
     """
@@ -62,6 +65,7 @@ class XRayAugment:
         rotate: float = 10.0,
         brightness: float = 0.1,
         contrast: float = 0.1,
+        gamma: float = 0.0,
         hflip: bool = False,
         flip_label_pairs: Sequence[tuple[int, int]] = (),
     ) -> None:
@@ -70,6 +74,8 @@ class XRayAugment:
 
         self.train = bool(train)
         self.size = input_hw(input_size)
+        if not 0.0 <= float(gamma) <= 4.0:
+            raise InputError(f"gamma jitter must be between 0 and 4, got {gamma}")
         lo, hi = (float(v) for v in crop_scale)
         if not 0.0 < lo <= hi <= 1.0:
             raise InputError(f"crop_scale must satisfy 0 < low <= high <= 1, got {tuple(crop_scale)}")
@@ -86,6 +92,8 @@ class XRayAugment:
             if brightness or contrast:
                 ops.append(A.RandomBrightnessContrast(brightness_limit=float(brightness),
                                                       contrast_limit=float(contrast), p=0.5))
+            if gamma:
+                ops.append(A.RandomGamma(gamma_limit=(100.0 / (1.0 + float(gamma)), 100.0 * (1.0 + float(gamma))), p=0.5))
             if hflip:
                 ops.append(A.HorizontalFlip(p=0.5))
         else:
