@@ -93,6 +93,13 @@ def write_demo(spec: RealSet, name: str, checkpoint: Path, result: dict[str, Any
     tta = ({"mode": meta.get("contract", {}).get("tta", "none"), "unimae_without": round(figure("unimae_plain"), 4),
             "baseline_with": round(figure("reference_tta"), 4)}
            if "unimae_plain" in arms and "reference_tta" in arms else None)  # fmt: skip
+
+    def conditions(arm: str) -> dict[str, float]:  # the arm's figures under the shifts: the fold's, or the CV means
+        found = (arms.get(arm) or {}).get("conditions") or {}
+        return acquisition_shifts({c: v["mean"] if cv is not None else v for c, v in found.items()})
+
+    shifts = {key: conditions(arm) for key, arm in (("acquisition_shifts", "unimae"), ("baseline_acquisition_shifts", "reference"))
+              if conditions(arm)}  # fmt: skip
     if cv is not None:  # trained on every image: the card gives the same run's cross-validation
         uc, rc = cv["unimae"]["metric"], cv["reference"]["metric"]
         used = (f"all {n_images} images; the figures are the same recipe's {k}-fold cross-validation in the same "
@@ -106,8 +113,7 @@ def write_demo(spec: RealSet, name: str, checkpoint: Path, result: dict[str, Any
                    "beats_baseline": bool(uc["mean"] > rc["mean"]),
                    **({"channel_statistics": round(cv["channel_stats"]["metric"]["mean"], 4)}
                       if "channel_stats" in cv else {}),
-                   **({"acquisition_shifts": acquisition_shifts({c: v["mean"] for c, v in cv["unimae"]["conditions"].items()})}
-                      if cv["unimae"].get("conditions") else {}),
+                   **shifts,
                    **({"test_time_augmentation": tta} if tta else {})}  # fmt: skip
         verdict = card_summary_all(spec, cv, n_images)
     else:
@@ -117,8 +123,7 @@ def write_demo(spec: RealSet, name: str, checkpoint: Path, result: dict[str, Any
                    "baseline": spec.reference + spec.baseline_note,
                    "baseline_value": round(float(ref), 4),
                    "beats_baseline": bool(u > ref),
-                   **({"acquisition_shifts": acquisition_shifts(result["unimae"]["conditions"])}
-                      if "conditions" in result["unimae"] else {}),
+                   **shifts,
                    **({"test_time_augmentation": tta} if tta else {})}  # fmt: skip
         verdict = card_summary(spec, float(u), float(ref), int(result["n_test"]), tta)
     meta["model_card"] = {

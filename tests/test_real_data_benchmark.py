@@ -232,10 +232,11 @@ def test_save_demo_writes_a_held_out_fold_card_or_a_cross_validation_card_for_a_
     assert card["metrics"]["held_out_fold"] == 0 and card["metrics"]["unimae"] == 0.74 and card["metrics"]["beats_baseline"]
     assert card["held_out"] == fold["held_out"] and "--run-folds 0 --save-demo" in card["retrain"]
     assert "fold 0 held out, 44 images" in card["data"]["used"] and "beats the baseline there, by 0.040" in card["summary"]
-    vessel_fold = {"fold": 0, "n_test": 4, "reference": {"metric": 0.79},
+    vessel_fold = {"fold": 0, "n_test": 4, "reference": {"metric": 0.79, "conditions": {"as is": 0.79, "FOV 1.8x": 0.75}},
                    "unimae": {"metric": 0.8, "conditions": {"as is": 0.8, "FOV 1.8x": 0.79123456}}}  # fmt: skip
     vessel_card = json.loads(bench.save_demo("fundus", stem, vessel_fold, 5, tmp_path / "fold").read_text())["model_card"]
     assert vessel_card["metrics"]["acquisition_shifts"] == {"FOV 1.8x": 0.7912}  # not the headline figure again
+    assert vessel_card["metrics"]["baseline_acquisition_shifts"] == {"FOV 1.8x": 0.75}
 
     cv = {"folds": 5, "folds_run": [0, 1, 2, 3, 4], "seeds": [0], "unimae": {"metric": {"mean": 0.75, "std": 0.04, "folds": [0.7, 0.8, 0.75, 0.72, 0.78]}},
           "reference": {"metric": {"mean": 0.76, "std": 0.05, "folds": [0.72, 0.79, 0.70, 0.80, 0.79]}},
@@ -261,6 +262,7 @@ def test_save_demo_writes_a_held_out_fold_card_or_a_cross_validation_card_for_a_
     assert "(folds 0 only, 1 run; seeds 0)" in vessels["summary"] and "better in 1 of 1 runs" in vessels["summary"]
     assert vessels["metrics"]["estimate"] == "5-fold cross-validation (folds [0]), seeds [0]"
     assert vessels["metrics"]["acquisition_shifts"] == {"FOV 0.6x": 0.77}  # the unshifted photographs are the headline
+    assert "baseline_acquisition_shifts" not in vessels["metrics"]  # this run scored the baseline on no shift
     assert vessels["metrics"]["test_time_augmentation"] == {"mode": "none", "unimae_without": 0.79, "baseline_with": 0.795}
     assert card["caveats"] == bench.REAL_SETS["multispectral"].caveat
     assert "/home/me" not in path.read_text() and "run_config" not in meta and "(all of it)" in meta["config"]["data"]["train"]
