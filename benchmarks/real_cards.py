@@ -98,8 +98,8 @@ def write_demo(spec: RealSet, name: str, checkpoint: Path, result: dict[str, Any
         found = (arms.get(arm) or {}).get("conditions") or {}
         return acquisition_shifts({c: v["mean"] if cv is not None else v for c, v in found.items()})
 
-    shifts = {key: conditions(arm) for key, arm in (("acquisition_shifts", "unimae"), ("baseline_acquisition_shifts", "reference"))
-              if conditions(arm)}  # fmt: skip
+    found = {key: conditions(arm) for key, arm in (("acquisition_shifts", "unimae"), ("baseline_acquisition_shifts", "reference"))}
+    shifts = {key: figures for key, figures in found.items() if figures}
     if cv is not None:  # trained on every image: the card gives the same run's cross-validation
         uc, rc = cv["unimae"]["metric"], cv["reference"]["metric"]
         used = (f"all {n_images} images; the figures are the same recipe's {k}-fold cross-validation in the same "

@@ -55,7 +55,7 @@ import numpy as np
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from real_cards import acquisition_shifts, card_summary, card_summary_all, cv_scope, folds_used, write_demo  # noqa: E402,F401
-from real_shifts import SHIFTS, UNSHIFTED, shifted  # noqa: E402,F401
+from real_shifts import SHIFTS, UNSHIFTED, shifted, shifted_copies  # noqa: E402,F401
 from real_training import (  # noqa: E402
     DEFAULT_REAL,
     EXTRA_OVERRIDES,
@@ -186,7 +186,8 @@ def classification_fold(
             arms.append((tag, lambda path, arm=arm: [arm.predict(path, keep_source=False).probabilities[c] for c in classes], run))
     truth = [r["class_name"] for r in test_rows]
     out: dict[str, Any] = {"classes": classes, "truth": truth}
-    shifts = spec.shifts[:1] if quick else spec.shifts
+    shifts = list(spec.shifts[:1] if quick else spec.shifts)
+    copies = shifted_copies([root / r["path"] for r in test_rows], work, shifts)
     for tag, fn, run in arms:
         probs = np.array([fn(root / r["path"]) for r in test_rows])
         out[tag] = {"metric": class_metric(spec, probs, truth, classes), "seconds": run["seconds"],
@@ -194,8 +195,8 @@ def classification_fold(
                     **{k: run[k] for k in ("pretrain_seconds", "finetune_seconds", "stretch") if k in run}}  # fmt: skip
         if shifts and tag in ("unimae", "reference", "channel_stats"):  # the same models on shifted copies
             out[tag]["conditions"] = {UNSHIFTED: out[tag]["metric"], **{
-                cond: class_metric(spec, np.array([fn(shifted(root / r["path"], work, cond)) for r in test_rows]),
-                                   truth, classes) for cond in shifts}}  # fmt: skip
+                cond: class_metric(spec, np.array([fn(path) for path in copies[cond]]), truth, classes)
+                for cond in shifts}}  # fmt: skip
     out["steps"] = ours["steps"]
     return out
 
@@ -262,14 +263,14 @@ def fundus_fold(
                                  device="cpu", precision="auto")  # fmt: skip
             arms.append((tag, lambda path, arm=arm: arm.predict(path, keep_source=False).label_map, run))
     out: dict[str, Any] = {"steps": ours["steps"]}
+    copies = shifted_copies([root / r["image"] for r in test_rows], work, conditions)
+    truths = [(_read_gif(root / r["mask"]), _read_gif(root / r["fov_mask"])) for r in test_rows]
     for tag, fn, run in arms:
         per: dict[str, float] = {}
         for cond in conditions:
             scores = []
-            for r in test_rows:
-                img = root / r["image"]
-                truth, fov = _read_gif(root / r["mask"]), _read_gif(root / r["fov_mask"])
-                pred = fn(img if cond == UNSHIFTED else shifted(img, work, cond))
+            for img, (truth, fov) in zip(copies[cond], truths):
+                pred = fn(img)
                 if pred.shape != truth.shape:  # score on the source grid of the original image
                     pred = cv2.resize(pred.astype(np.uint8), truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
                 scores.append(dice(pred, truth, fov))

@@ -80,3 +80,9 @@ def shifted(path: Path, work: Path, condition: str) -> Path:
     out = work / f"{path.stem}_{condition.replace(' ', '').replace('.', '')}.png"
     im.save(out)
     return out
+
+
+def shifted_copies(paths: list[Path], work: Path, conditions: list[str]) -> dict[str, list[Path]]:
+    """Each condition's version of ``paths``, made once per fold for every arm: the files themselves for
+    :data:`UNSHIFTED`, else their :func:`shifted` copies."""
+    return {c: list(paths) if c == UNSHIFTED else [shifted(p, work, c) for p in paths] for c in conditions}

@@ -299,6 +299,8 @@ def test_acquisition_shifts_copy_the_image_changed_as_another_camera_or_site_wou
             else:
                 assert not np.array_equal(a, like), (name, src)
     assert (tmp_path / "film.png").read_bytes() == before
+    copies = bench.shifted_copies([tmp_path / "film.png"], tmp_path, [bench.UNSHIFTED, "blur"])
+    assert copies[bench.UNSHIFTED] == [tmp_path / "film.png"] and copies["blur"] == [tmp_path / "film_blur.png"]
     film = lambda name: np.asarray(Image.open(bench.shifted(tmp_path / "film.png", tmp_path, name))).astype(float)  # noqa: E731
     assert film("gamma 0.7").mean() > grey.mean() > film("gamma 1.4").mean() and film("brighter").mean() > grey.mean()
     edge = lambda a: np.abs(np.diff(a[:, 5:35], axis=1)).mean()  # noqa: E731
